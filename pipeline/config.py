@@ -1,0 +1,190 @@
+"""Typed configuration built from params.yaml.
+
+Every section of params.yaml maps onto one dataclass. Unknown keys and out-of-range
+values raise `ConfigError` with a one-line message that names the key and the fix, so a
+typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad value in params.yaml; the message is meant to be shown as-is."""
+
+
+def _check(ok: bool, key: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"params.yaml: {key}={value!r} is invalid; {fix}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    raw_dir: str = "data/raw"  # where the four MNIST IDX .gz files live (downloaded if absent)
+    shards: int = 4  # Parquet shards per split; each training worker reads shards[rank::world]
+    train_limit: Optional[int] = None  # keep only the first N training images (quick runs)
+
+    def __post_init__(self):
+        _check(self.shards >= 1, "data.shards", self.shards, "use an integer >= 1")
+        _check(self.train_limit is None or self.train_limit >= 1, "data.train_limit",
+               self.train_limit, "use null (all 60000 images) or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "moe_vae"  # a name from pipeline.models.REGISTRY
+    experts: int = 10  # K, expert VAEs behind the manager (moe_vae)
+    latent_dim: int = 20  # size of z
+    hidden: int = 128  # width of the hidden layer of every MLP
+    activation: str = "sigmoid"  # sigmoid (the seeds) | relu | elu | tanh
+    balancing_weight: float = 0.1  # lambda in front of Var_k(sum_batch p_k) (moe_vae)
+    likelihood: str = "gaussian"  # gaussian (fixed std) | bernoulli (dynamic binarization)
+    gaussian_std: float = 0.5  # std of the gaussian likelihood, on [0, 1] pixels
+
+    def __post_init__(self):
+        from pipeline.models import REGISTRY  # late import: models import this module
+
+        _check(self.kind in REGISTRY, "model.kind", self.kind, f"choose one of {sorted(REGISTRY)}")
+        _check(self.experts >= 1, "model.experts", self.experts, "K must be an integer >= 1")
+        _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "use an integer >= 1")
+        _check(self.hidden >= 1, "model.hidden", self.hidden, "use an integer >= 1")
+        _check(self.activation in ACTIVATIONS, "model.activation", self.activation,
+               f"choose one of {sorted(ACTIVATIONS)}")
+        _check(math.isfinite(self.balancing_weight) and self.balancing_weight >= 0,
+               "model.balancing_weight", self.balancing_weight, "use a finite number >= 0")
+        _check(self.likelihood in ("gaussian", "bernoulli"), "model.likelihood",
+               self.likelihood, "choose 'gaussian' or 'bernoulli'")
+        _check(math.isfinite(self.gaussian_std) and self.gaussian_std > 0,
+               "model.gaussian_std", self.gaussian_std, "use a number > 0")
+
+
+ACTIVATIONS = ("sigmoid", "relu", "elu", "tanh")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 100  # global batch, split evenly over the workers
+    lr: float = 1e-3  # Adam
+    seed: int = 0
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    use_gpu: Union[bool, str] = "auto"  # true | false | auto (GPUs when Ray has them)
+    storage_path: str = ".ray_results"  # Ray Train checkpoints; shared storage on a cluster
+    max_failures: int = 0  # Ray Train FailureConfig: worker restarts before giving up
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "use an integer >= 1")
+        _check(self.num_workers >= 1, "train.num_workers", self.num_workers, "use an integer >= 1")
+        _check(self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
+               "train.batch_size", self.batch_size,
+               f"use a multiple of train.num_workers={self.num_workers} (it is the global batch)")
+        _check(math.isfinite(self.lr) and self.lr > 0, "train.lr", self.lr, "use a number > 0")
+        _check(self.use_gpu in (True, False, "auto"), "train.use_gpu", self.use_gpu,
+               "use true, false or auto")
+        _check(self.max_failures >= -1, "train.max_failures", self.max_failures,
+               "use -1 (retry forever), 0 or a positive integer")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    iw_samples: int = 5000  # importance samples per test image for log p(x)
+    iw_chunk: int = 500  # samples decoded at once (memory/speed trade-off)
+    batch_size: int = 100  # test images per evaluation batch
+    seed: int = 0  # seeds the test-set binarization and the Monte Carlo estimates
+    ll_limit: Optional[int] = None  # estimate log p(x) on the first N test images only
+
+    def __post_init__(self):
+        _check(self.iw_samples >= 1, "evaluate.iw_samples", self.iw_samples, "use an integer >= 1")
+        _check(self.iw_chunk >= 1, "evaluate.iw_chunk", self.iw_chunk, "use an integer >= 1")
+        _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "use an integer >= 1")
+        _check(self.ll_limit is None or self.ll_limit >= 1, "evaluate.ll_limit", self.ll_limit,
+               "use null (whole test set) or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check a YAML scalar against a dataclass field type (ints stay ints, no bool-as-int)."""
+    origin, args = get_origin(typ), get_args(typ)
+    if origin is Union:
+        for option in args:
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"params.yaml: {key}={value!r} has the wrong type; expected {typ}")
+    if typ is type(None):
+        if value is None:
+            return None
+    elif typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif typ is Any:
+        return value
+    raise ConfigError(f"params.yaml: {key}={value!r} has the wrong type; expected {getattr(typ, '__name__', typ)}")
+
+
+def build(cls, values: Optional[dict], prefix: str):
+    """Build dataclass `cls` from a params.yaml section, rejecting unknown keys."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"params.yaml: section '{prefix}' must be a mapping, got {values!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"key '{prefix}.{unknown[0]}'" if prefix else f"section '{unknown[0]}'"
+        raise ConfigError(f"params.yaml: unknown {where}; known are {names}")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = (build(hints[name], value, key) if dataclasses.is_dataclass(hints[name])
+                        else _coerce(key, value, hints[name]))
+    return cls(**kwargs)
+
+
+def load_params(path: Union[str, Path] = "params.yaml", overrides: Optional[dict] = None) -> Params:
+    """Read and validate params.yaml; `overrides` maps dotted keys to values (sweeps, tests)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found; run from the project root or pass --params")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return params_from_dict(raw)
+
+
+def params_from_dict(raw: dict) -> Params:
+    return build(Params, raw, "")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,188 @@
+"""MNIST IDX files -> validated arrays -> Parquet shards with a manifest, and back.
+
+Shard schema: index (int32, row in the original split), label (uint8), pixels
+(fixed_size_list<uint8>[784], row-major 28x28). Training reads `index` and `pixels` only.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io import atomic_path
+
+PIXELS = 28 * 28
+SPLITS = {"train": 60_000, "test": 10_000}
+FILES = {  # split -> (images file, labels file)
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# MD5 of the *decompressed* IDX bytes: a mirror that re-gzips the files (other header,
+# other compression level) changes the .gz checksum but not these.
+MD5 = {
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+
+
+class DataError(ValueError):
+    """Missing or corrupt data; the message names the file and the fix."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_idx(path: Path, magic: int, count: int, shape: Sequence[int],
+             md5: Optional[str] = None) -> np.ndarray:
+    """Read one gzipped IDX file, checking magic number, item count, shape and content MD5."""
+    if not path.exists():
+        raise DataError(f"{path} is missing; put the four MNIST .gz files in {path.parent}")
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # bad gzip header, truncated stream, CRC error
+        raise DataError(f"{path}: not a readable gzip file ({e}); delete it and re-download "
+                        f"or re-copy it") from e
+    ndim = 1 + len(shape)
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated header ({len(raw)} bytes); re-download or re-copy it")
+    got_magic = struct.unpack(">I", raw[:4])[0]
+    if got_magic != magic:
+        raise DataError(f"{path}: magic number {got_magic} != {magic}; is this the right file?")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if dims != (count, *shape):
+        raise DataError(f"{path}: dimensions {dims} != {(count, *shape)}; is this the right file?")
+    body = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    if body.size != count * int(np.prod(shape, dtype=np.int64)):
+        raise DataError(f"{path}: {body.size} data bytes, expected "
+                        f"{count * int(np.prod(shape))}; the file is truncated")
+    if md5 is not None and hashlib.md5(raw).hexdigest() != md5:
+        raise DataError(f"{path}: content MD5 {hashlib.md5(raw).hexdigest()} != {md5}; the file "
+                        f"is corrupt, delete it and re-download or re-copy it")
+    return body.reshape(count, *shape)
+
+
+def load_raw_split(raw_dir: Path, split: str, count: int, md5: Optional[dict] = MD5):
+    """Validated (images (N, 784) uint8, labels (N,) uint8) for one split.
+
+    `count` and `md5` default to real MNIST; tests pass their own for small synthetic files.
+    """
+    img_name, lbl_name = FILES[split]
+    md5 = md5 or {}
+    images = read_idx(raw_dir / img_name, IMAGES_MAGIC, count, (28, 28),
+                      md5.get(img_name)).reshape(count, PIXELS)
+    labels = read_idx(raw_dir / lbl_name, LABELS_MAGIC, count, (), md5.get(lbl_name))
+    if labels.max() > 9:
+        raise DataError(f"{raw_dir / lbl_name}: label {int(labels.max())} outside 0..9")
+    return images, labels
+
+
+def download(raw_dir: Path) -> None:
+    """Fetch missing MNIST files with torchvision's mirrors; one clear line on failure."""
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import download_url
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for name, gz_md5 in MNIST.resources:  # torchvision checks the .gz MD5 of its mirrors
+        if (raw_dir / name).exists():
+            continue
+        errors = []
+        for mirror in MNIST.mirrors:
+            try:
+                download_url(mirror + name, root=str(raw_dir), filename=name, md5=gz_md5)
+                break
+            except Exception as e:  # URLError, HTTPError, socket timeouts, bad checksum
+                errors.append(f"{mirror}: {e}")
+        if not (raw_dir / name).exists():
+            raise DataError(f"could not download {name} ({errors[-1] if errors else 'no mirror'}); "
+                            f"with no network, copy the four MNIST .gz files into {raw_dir}")
+
+
+def write_shards(out_dir: Path, raw_dir: Path, shards: int, train_limit: Optional[int],
+                 counts: dict = SPLITS, md5: Optional[dict] = MD5) -> dict:
+    """Validate the raw files and write `shards` Parquet files per split plus manifest.json.
+
+    The whole directory appears atomically; identical input gives byte-identical files.
+    """
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        manifest = {"source_md5": md5, "train_limit": train_limit,
+                    "pixels": PIXELS, "splits": {}}
+        for split in SPLITS:
+            images, labels = load_raw_split(raw_dir, split, counts[split], md5)
+            if split == "train" and train_limit is not None:
+                images, labels = images[:train_limit], labels[:train_limit]
+            if shards > len(images):
+                raise DataError(f"data.shards={shards} exceeds the {len(images)} {split} rows; "
+                                f"lower data.shards")
+            entries = []
+            for i, rows in enumerate(np.array_split(np.arange(len(images)), shards)):
+                name = f"{split}-{i:03d}-of-{shards:03d}.parquet"
+                table = pa.table({
+                    "index": pa.array(rows.astype(np.int32)),
+                    "label": pa.array(labels[rows]),
+                    "pixels": pa.FixedSizeListArray.from_arrays(pa.array(images[rows].ravel()), PIXELS),
+                })
+                pq.write_table(table, tmp / name, compression="zstd", row_group_size=10_000)
+                entries.append({"file": name, "rows": len(rows), "sha256": sha256_file(tmp / name)})
+            manifest["splits"][split] = entries
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+@dataclass
+class Split:
+    index: np.ndarray  # (N,) int32
+    pixels: np.ndarray  # (N, 784) uint8
+    labels: Optional[np.ndarray] = None  # (N,) uint8, only when asked for (evaluation)
+
+
+def read_manifest(shard_dir: Path) -> dict:
+    path = Path(shard_dir) / "manifest.json"
+    if not path.exists():
+        raise DataError(f"{path} is missing; run the prepare stage first (dvc repro prepare)")
+    return json.loads(path.read_text())
+
+
+def shard_rows(manifest: dict, split: str, rank: int, world: int) -> int:
+    """Rows worker `rank` of `world` holds when it reads shards[rank::world]."""
+    return sum(e["rows"] for e in manifest["splits"][split][rank::world])
+
+
+def load_split(shard_dir: Path, split: str, rank: int = 0, world: int = 1,
+               with_labels: bool = False) -> Split:
+    """Read this worker's shards (shards[rank::world]), verifying their checksums."""
+    shard_dir = Path(shard_dir)
+    manifest = read_manifest(shard_dir)
+    entries = manifest["splits"][split]
+    if world > len(entries):
+        raise DataError(f"{len(entries)} {split} shards cannot feed {world} workers; "
+                        f"set data.shards >= train.num_workers")
+    columns = ["index", "pixels"] + (["label"] if with_labels else [])
+    parts = []
+    for e in entries[rank::world]:
+        path = shard_dir / e["file"]
+        if sha256_file(path) != e["sha256"]:
+            raise DataError(f"{path}: checksum differs from manifest.json; re-run the prepare stage")
+        parts.append(pq.read_table(path, columns=columns))
+    table = pa.concat_tables(parts)
+    pixels = table.column("pixels").combine_chunks().flatten().to_numpy().reshape(-1, PIXELS)
+    return Split(index=table.column("index").to_numpy(), pixels=pixels,
+                 labels=table.column("label").to_numpy() if with_labels else None)

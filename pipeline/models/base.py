@@ -1,0 +1,54 @@
+"""The one interface every model kind implements.
+
+Training needs only `forward(x) -> dict` (DDP calls forward, so the loss lives there);
+evaluation and plots use the rest. x is always (B, 784) float in [0, 1], already passed
+through `likelihood.prepare` (binarized for the Bernoulli likelihood).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from pipeline.config import ModelConfig
+from pipeline.losses import build_likelihood
+
+
+class GenerativeModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_pixels: int = 784):
+        super().__init__()
+        self.cfg = cfg
+        self.n_pixels = n_pixels
+        self.likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_std)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """{'loss': scalar to minimise, <part>: scalar, ...}; every value is logged."""
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self(x)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """(n, D) pixel means of samples from the generative model."""
+        raise NotImplementedError
+
+    def sample_components(self, n: int) -> torch.Tensor:
+        """(C, n, D): n samples from each mixture component (expert or prior mode)."""
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) pixel means of the reconstruction from the posterior mean."""
+        raise NotImplementedError
+
+    def cluster_probs(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, C) soft cluster assignment, or None where clusters come from k-means."""
+        return None
+
+    def log_importance_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """(B, S) log w_s = log p(x, h_s) - log q(h_s | x), h_s ~ q(h | x).
+
+        logsumexp_s(log w_s) - log S is a consistent estimate of log p(x) and, in
+        expectation, a lower bound on it (Burda et al. 2016, eq. 8).
+        """
+        raise NotImplementedError

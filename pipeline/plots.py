@@ -1,0 +1,100 @@
+"""Pictures: image grids, confusion matrix, and the CSV files DVC renders as curves."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.io import save_figure, write_text  # noqa: E402
+
+
+def grid(images: np.ndarray) -> np.ndarray:
+    """(R, C, 784) in [0, 1] -> one (R*28 + R-1, C*28 + C-1) picture with 1-px gutters."""
+    r, c = images.shape[:2]
+    out = np.ones((r * 29 - 1, c * 29 - 1))
+    for i in range(r):
+        for j in range(c):
+            out[i * 29:i * 29 + 28, j * 29:j * 29 + 28] = images[i, j].reshape(28, 28)
+    return out
+
+
+def save_grid(path: Path, images: np.ndarray, title: str,
+              col_labels: Optional[Sequence[str]] = None) -> None:
+    r, c = images.shape[:2]
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * c), max(2.0, 0.6 * r) + 0.6))
+    ax.imshow(grid(images), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_yticks([])
+    if col_labels is not None:
+        ax.set_xticks([j * 29 + 13.5 for j in range(c)], col_labels, fontsize=7)
+    else:
+        ax.set_xticks([])
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def save_confusion(path_png: Path, path_csv: Path, labels: np.ndarray,
+                   clusters: np.ndarray, n_clusters: int, title: str) -> None:
+    """Confusion of true digit vs cluster (columns in Hungarian order) as PNG, and the
+    (actual, predicted) rows DVC's confusion template reads."""
+    from pipeline.evaluate import contingency, hungarian_accuracy
+
+    _, mapping = hungarian_accuracy(labels, clusters, n_clusters)
+    order = sorted(range(n_clusters), key=lambda k: mapping.get(k, 10 + k))
+    table = contingency(labels, clusters, n_clusters).T[:, order]  # (labels, clusters)
+    fig, ax = plt.subplots(figsize=(0.5 * n_clusters + 2, 6))
+    ax.imshow(table, cmap="Blues")
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            ax.text(j, i, str(table[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if table[i, j] > table.max() / 2 else "black")
+    ax.set_xticks(range(n_clusters), [f"{k}" for k in order], fontsize=7)
+    ax.set_yticks(range(10), [str(d) for d in range(10)], fontsize=7)
+    ax.set_xlabel("cluster (ordered by matched digit)")
+    ax.set_ylabel("true digit")
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path_png)
+    plt.close(fig)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["actual", "predicted"])
+    w.writerows(zip(labels.tolist(), [mapping.get(int(c), -1) for c in clusters]))
+    write_text(path_csv, buf.getvalue())
+
+
+def write_rows_csv(path: Path, rows: List[Dict]) -> None:
+    keys = list(rows[0]) if rows else []
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def write_evaluation_plots(out_dir: Path, model, labels: np.ndarray, result: Dict, seed: int,
+                           rows: int = 8) -> None:
+    """confusion.png/.csv, component_samples.png (one column per expert or mixture
+    component), reconstructions.png (originals above their reconstructions)."""
+    import torch
+
+    kind = model.cfg.kind
+    n_clusters = len(result["metrics"]["expert_usage"])
+    save_confusion(out_dir / "confusion.png", out_dir / "confusion.csv", labels,
+                   result["clusters"], n_clusters, f"{kind}: true digit vs cluster")
+    torch.manual_seed(seed)
+    comps = model.sample_components(rows).cpu().numpy()  # (C, rows, D)
+    save_grid(out_dir / "component_samples.png", comps.transpose(1, 0, 2),
+              f"{kind}: samples, one column per component",
+              col_labels=[str(k) for k in range(comps.shape[0])])
+    x = result["x"][:rows * 2]
+    recon = model.reconstruct(x).cpu().numpy()
+    pairs = np.stack([x.numpy().reshape(2, rows, -1), recon.reshape(2, rows, -1)], 1)  # (2, 2, rows, D)
+    save_grid(out_dir / "reconstructions.png", pairs.reshape(4, rows, -1),
+              f"{kind}: test images (rows 1, 3) and reconstructions (rows 2, 4)")

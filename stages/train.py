@@ -1,0 +1,42 @@
+"""train: Parquet shards -> model file, per-epoch curves and final training metrics."""
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import cli  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+from pipeline.io import atomic_path, write_json  # noqa: E402
+from pipeline.plots import write_rows_csv  # noqa: E402
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--shards", required=True)
+    p.add_argument("--model", required=True, help="model file to write")
+    p.add_argument("--curves", required=True, help="per-epoch CSV (a DVC plot)")
+    p.add_argument("--metrics", required=True, help="final training metrics (JSON)")
+    args = p.parse_args()
+    params = load_params(args.params)  # validated before any Ray work starts
+
+    import torch
+    from pipeline.train import fit
+
+    state = fit(params, Path(args.shards), log=cli.log)
+    with atomic_path(args.model) as tmp:
+        torch.save(state["model"], tmp)
+    history = state["history"]
+    write_rows_csv(Path(args.curves), history)
+    last = history[-1]
+    write_json(args.metrics, {
+        "final": {k: v for k, v in last.items() if k not in ("epoch", "seconds")},
+        "epochs": last["epoch"],
+        "train_seconds": sum(r["seconds"] for r in history),
+    })
+    shutil.rmtree(state["run_dir"], ignore_errors=True)  # finished: nothing left to resume
+    cli.log(f"train: wrote {args.model}, {args.curves}, {args.metrics}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
