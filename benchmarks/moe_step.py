@@ -1,0 +1,120 @@
+"""Training-step speed of the batched MoE-VAE against the same model run expert by expert.
+
+    python benchmarks/moe_step.py [--batch 100] [--experts 10] [--repeats 5] [--steps 20]
+
+Both variants hold identical weights and draw identical noise (checked: equal loss),
+and are timed interleaved in one run, so the ratio is robust to machine load. Also
+prints achieved GFLOP/s beside a matrix-multiply peak measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import ModelConfig  # noqa: E402
+from pipeline.losses import balancing_loss, kl_std_normal  # noqa: E402
+from pipeline.models.moe_vae import MoEVAE  # noqa: E402
+
+
+class LoopMoEVAE(nn.Module):
+    """The reference: K separate nn.Linear VAEs, visited in a Python loop."""
+
+    def __init__(self, batched: MoEVAE):
+        super().__init__()
+        self.cfg, self.likelihood, self.manager = batched.cfg, batched.likelihood, batched.manager
+        self.experts = nn.ModuleList()
+        for k in range(batched.cfg.experts):
+            layers = []
+            for layer in list(batched.encoders.layers) + list(batched.decoders.layers):
+                lin = nn.Linear(layer.weight.shape[1], layer.weight.shape[2])
+                with torch.no_grad():
+                    lin.weight.copy_(layer.weight[k].t())
+                    lin.bias.copy_(layer.bias[k, 0])
+                layers.append(lin)
+            self.experts.append(nn.ModuleList(layers))
+
+    def forward(self, x):
+        probs = F.softmax(self.manager(x), -1)
+        eps = torch.randn(self.cfg.experts, x.shape[0], self.cfg.latent_dim)  # same draw as batched
+        losses = []
+        for k, (e1, e2, d1, d2) in enumerate(self.experts):
+            mu, logvar = e2(torch.sigmoid(e1(x))).chunk(2, -1)
+            z = mu + torch.exp(0.5 * logvar) * eps[k]
+            log_px = self.likelihood.log_prob(x, d2(torch.sigmoid(d1(z))))
+            losses.append(kl_std_normal(mu, logvar) - log_px)
+        expected = (probs * torch.stack(losses, 1)).sum(1).mean()
+        return {"loss": expected + self.cfg.balancing_weight * balancing_loss(probs)}
+
+
+def step_seconds(model, x, steps: int) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        model(x)["loss"].backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def step_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
+    """Multiply-adds of the dense layers x2 (FLOPs) x3 (forward + two backward matmuls)."""
+    k, h, l = cfg.experts, cfg.hidden, cfg.latent_dim
+    macs = d * h + h * k + k * (d * h + h * 2 * l + l * h + h * d)
+    return 6.0 * macs * batch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--experts", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(experts=args.experts)
+    batched = MoEVAE(cfg)
+    loop = LoopMoEVAE(batched)
+    x = torch.rand(args.batch, 784)
+    torch.manual_seed(1)
+    a = batched(x)["loss"].item()
+    torch.manual_seed(1)
+    b = loop(x)["loss"].item()
+    assert abs(a - b) < 1e-3 * abs(a), f"variants disagree: {a} vs {b}"
+
+    times = {"batched": [], "loop": []}
+    for _ in range(args.repeats):  # interleaved: both see the same machine state
+        times["batched"].append(step_seconds(batched, x, args.steps))
+        times["loop"].append(step_seconds(loop, x, args.steps))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    flops = step_flops(cfg, args.batch)
+    peak = matmul_peak_gflops()
+    print(f"threads {torch.get_num_threads()}, batch {args.batch}, K={args.experts}, "
+          f"hidden {cfg.hidden}, latent {cfg.latent_dim}; loss check {a:.3f} == {b:.3f}")
+    for k, t in med.items():
+        print(f"{k:8s} {t * 1e3:7.2f} ms/step  {args.batch / t:8.0f} img/s  {flops / t / 1e9:6.1f} GFLOP/s")
+    print(f"speed-up batched/loop: {med['loop'] / med['batched']:.2f}x   "
+          f"(model {flops / args.batch / 1e6:.1f} MFLOP/sample/step; matmul peak {peak:.0f} GFLOP/s, "
+          f"batched reaches {flops / med['batched'] / 1e9 / peak:.0%} of it)")
+
+
+if __name__ == "__main__":
+    main()
