@@ -25,6 +25,7 @@ def repo(tmp_path, mnist_dir):
     for name in ("pipeline", "stages"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo)
+    shutil.copy(ROOT / ".dvcignore", repo)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=600)
     params["model"].update(experts=3, hidden=32, latent_dim=4)
