@@ -49,6 +49,7 @@ class ModelConfig:
 
     def __post_init__(self):
         from pipeline.models import REGISTRY  # late import: models import this module
+        from pipeline.models.blocks import ACTIVATION_MODULES as ACTIVATIONS
 
         _check(self.kind in REGISTRY, "model.kind", self.kind, f"choose one of {sorted(REGISTRY)}")
         _check(self.experts >= 1, "model.experts", self.experts, "K must be an integer >= 1")
@@ -62,9 +63,6 @@ class ModelConfig:
                self.likelihood, "choose 'gaussian' or 'bernoulli'")
         _check(math.isfinite(self.gaussian_std) and self.gaussian_std > 0,
                "model.gaussian_std", self.gaussian_std, "use a number > 0")
-
-
-ACTIVATIONS = ("sigmoid", "relu", "elu", "tanh")
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
             # Train's INFO lines (and, without a dashboard, the placement-group cleaner's
             # state-API warnings) would bury the per-epoch progress; errors still show.
             logging_config=ray.train.LoggingConfig(log_level="ERROR"),
-            worker_runtime_env={"env_vars": {k: v for k, v in QUIET_ENV.items()}}),
+            worker_runtime_env={"env_vars": dict(QUIET_ENV)}),
     )
     log(f"training {params.model.kind} on {tcfg.num_workers} worker(s) "
         f"({'GPU, nccl' if use_gpu else 'CPU, gloo'}); checkpoints in {storage / name}")
