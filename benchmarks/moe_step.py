@@ -43,7 +43,7 @@ class LoopMoEVAE(nn.Module):
             self.experts.append(nn.ModuleList(layers))
 
     def forward(self, x):
-        probs = F.softmax(self.manager(x), -1)
+        probs = F.softmax(self.manager(x)[0], -1)
         eps = torch.randn(self.cfg.experts, x.shape[0], self.cfg.latent_dim)  # same draw as batched
         losses = []
         for k, (e1, e2, d1, d2) in enumerate(self.experts):

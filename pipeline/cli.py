@@ -11,10 +11,21 @@ from pipeline.data import DataError
 EXPECTED = (ConfigError, DataError, FileNotFoundError)
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, variants: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if variants:
+        p.add_argument("--kind", help="run this model kind with compare.overrides applied "
+                                      "(the compare stages); default: params as they are")
     return p
+
+
+def load(args: argparse.Namespace):
+    """Validated Params for a stage, as the compare variant when --kind is given."""
+    from pipeline.config import compare_variant, load_params
+
+    params = load_params(args.params)
+    return compare_variant(params, args.kind) if getattr(args, "kind", None) else params
 
 
 def log(msg: str) -> None:

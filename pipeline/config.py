@@ -26,11 +26,16 @@ def _check(ok: bool, key: str, value: Any, fix: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    raw_dir: str = "data/raw"  # where the four MNIST IDX .gz files live (downloaded if absent)
+    dataset: str = "mnist"  # mnist | fashion_mnist (same IDX format, 28x28, 10 classes)
+    raw_dir: str = "data/raw"  # where the four IDX .gz files live (downloaded if absent)
     shards: int = 4  # Parquet shards per split; each training worker reads shards[rank::world]
     train_limit: Optional[int] = None  # keep only the first N training images (quick runs)
 
     def __post_init__(self):
+        from pipeline.data import DATASET_MD5
+
+        _check(self.dataset in DATASET_MD5, "data.dataset", self.dataset,
+               f"choose one of {sorted(DATASET_MD5)}")
         _check(self.shards >= 1, "data.shards", self.shards, "use an integer >= 1")
         _check(self.train_limit is None or self.train_limit >= 1, "data.train_limit",
                self.train_limit, "use null (all 60000 images) or an integer >= 1")
@@ -39,11 +44,17 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "moe_vae"  # a name from pipeline.models.REGISTRY
+    encoder: str = "mlp"  # mlp (the seeds) | conv (two stride-2 convs, as the MMD-VAE seed)
     experts: int = 10  # K, expert VAEs behind the manager (moe_vae)
     latent_dim: int = 20  # size of z
     hidden: int = 128  # width of the hidden layer of every MLP
+    conv_channels: int = 32  # channels of the first conv layer (the second has twice as many)
     activation: str = "sigmoid"  # sigmoid (the seeds) | relu | elu | tanh
     balancing_weight: float = 0.1  # lambda in front of Var_k(sum_batch p_k) (moe_vae)
+    components: int = 10  # C, Gaussians in the learnable mixture prior (gmm_vae)
+    learn_prior_weights: bool = True  # learn the mixture weights pi too (gmm_vae)
+    mmd_weight: float = 1000.0  # weight of the MMD term (mmd_vae)
+    mmd_proposal_std: float = 0.2  # std of the N(f(x), s^2 I) proposal for log p(x) (mmd_vae)
     likelihood: str = "gaussian"  # gaussian (fixed std) | bernoulli (dynamic binarization)
     gaussian_std: float = 0.5  # std of the gaussian likelihood, on [0, 1] pixels
 
@@ -52,7 +63,14 @@ class ModelConfig:
         from pipeline.models.blocks import ACTIVATION_MODULES as ACTIVATIONS
 
         _check(self.kind in REGISTRY, "model.kind", self.kind, f"choose one of {sorted(REGISTRY)}")
+        _check(self.encoder in ("mlp", "conv"), "model.encoder", self.encoder, "choose 'mlp' or 'conv'")
         _check(self.experts >= 1, "model.experts", self.experts, "K must be an integer >= 1")
+        _check(self.components >= 1, "model.components", self.components, "use an integer >= 1")
+        _check(self.conv_channels >= 1, "model.conv_channels", self.conv_channels,
+               "use an integer >= 1")
+        for key in ("mmd_weight", "mmd_proposal_std"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value > 0, f"model.{key}", value, "use a number > 0")
         _check(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "use an integer >= 1")
         _check(self.hidden >= 1, "model.hidden", self.hidden, "use an integer >= 1")
         _check(self.activation in ACTIVATIONS, "model.activation", self.activation,
@@ -106,11 +124,32 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    kinds: Any = ("moe_vae", "vae", "mmd_vae", "gmm_vae")  # model kinds the compare stages run
+    overrides: Any = None  # {dotted.key: value} applied to every compared run (e.g. fewer epochs)
+
+    def __post_init__(self):
+        from pipeline.models import REGISTRY
+
+        kinds = self.kinds
+        _check(isinstance(kinds, (list, tuple)) and len(kinds) > 0 and len(set(kinds)) == len(kinds)
+               and all(k in REGISTRY for k in kinds), "compare.kinds", kinds,
+               f"use a non-empty list of distinct kinds from {sorted(REGISTRY)}")
+        object.__setattr__(self, "kinds", tuple(kinds))
+        over = {} if self.overrides is None else self.overrides
+        _check(isinstance(over, dict) and all(isinstance(k, str) and k.count(".") == 1 for k in over)
+               and "model.kind" not in over, "compare.overrides", self.overrides,
+               "use a mapping of 'section.key' to value (model.kind comes from compare.kinds)")
+        object.__setattr__(self, "overrides", dict(over))
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -174,9 +213,24 @@ def load_params(path: Union[str, Path] = "params.yaml", overrides: Optional[dict
         raise ConfigError(f"{path} not found; run from the project root or pass --params")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    for dotted, value in (overrides or {}).items():
+    return params_from_dict(apply_overrides(raw, overrides or {}))
+
+
+def apply_overrides(raw: dict, overrides: dict) -> dict:
+    """A copy of the params mapping `raw` with dotted `section.key` overrides applied."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
-        raw.setdefault(section, {})[key] = value
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def compare_variant(params: Params, kind: str) -> Params:
+    """The params of one compared run: compare.overrides plus model.kind = kind."""
+    if kind not in params.compare.kinds:
+        raise ConfigError(f"--kind {kind!r} is not in compare.kinds={list(params.compare.kinds)}; "
+                          f"add it there")
+    raw = apply_overrides(to_dict(params), {**params.compare.overrides, "model.kind": kind})
     return params_from_dict(raw)
 
 

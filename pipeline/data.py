@@ -25,14 +25,24 @@ FILES = {  # split -> (images file, labels file)
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-# MD5 of the *decompressed* IDX bytes: a mirror that re-gzips the files (other header,
-# other compression level) changes the .gz checksum but not these.
-MD5 = {
-    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+# MD5 of the *decompressed* IDX bytes per dataset: a mirror that re-gzips the files
+# (other header, other compression level; Debian's packages do) changes the .gz checksum
+# but not these.
+DATASET_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {  # offline copy: Debian's dataset-fashion-mnist, /usr/share/datasets
+        "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
 }
+MD5 = DATASET_MD5["mnist"]
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 
 
@@ -52,7 +62,7 @@ def read_idx(path: Path, magic: int, count: int, shape: Sequence[int],
              md5: Optional[str] = None) -> np.ndarray:
     """Read one gzipped IDX file, checking magic number, item count, shape and content MD5."""
     if not path.exists():
-        raise DataError(f"{path} is missing; put the four MNIST .gz files in {path.parent}")
+        raise DataError(f"{path} is missing; put the four IDX .gz files of data.dataset in {path.parent}")
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
@@ -94,17 +104,18 @@ def load_raw_split(raw_dir: Path, split: str, count: int, md5: Optional[dict] = 
     return images, labels
 
 
-def download(raw_dir: Path) -> None:
-    """Fetch missing MNIST files with torchvision's mirrors; one clear line on failure."""
-    from torchvision.datasets import MNIST
+def download(raw_dir: Path, dataset: str = "mnist") -> None:
+    """Fetch missing IDX files with torchvision's mirrors; one clear line on failure."""
+    from torchvision.datasets import MNIST, FashionMNIST
     from torchvision.datasets.utils import download_url
 
+    source = {"mnist": MNIST, "fashion_mnist": FashionMNIST}[dataset]
     raw_dir.mkdir(parents=True, exist_ok=True)
-    for name, gz_md5 in MNIST.resources:  # torchvision checks the .gz MD5 of its mirrors
+    for name, gz_md5 in source.resources:  # torchvision checks the .gz MD5 of its mirrors
         if (raw_dir / name).exists():
             continue
         errors = []
-        for mirror in MNIST.mirrors:
+        for mirror in source.mirrors:
             try:
                 download_url(mirror + name, root=str(raw_dir), filename=name, md5=gz_md5)
                 break
@@ -112,7 +123,7 @@ def download(raw_dir: Path) -> None:
                 errors.append(f"{mirror}: {e}")
         if not (raw_dir / name).exists():
             raise DataError(f"could not download {name} ({errors[-1] if errors else 'no mirror'}); "
-                            f"with no network, copy the four MNIST .gz files into {raw_dir}")
+                            f"with no network, copy the four {dataset} .gz files into {raw_dir}")
 
 
 def write_shards(out_dir: Path, raw_dir: Path, shards: int, train_limit: Optional[int],

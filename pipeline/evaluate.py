@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from pipeline.config import EvaluateConfig
@@ -64,6 +65,29 @@ def prepare_test(model: GenerativeModel, pixels: np.ndarray, seed: int) -> torch
     return model.likelihood.prepare(torch.from_numpy(pixels.copy()).float().div_(255), generator=gen)
 
 
+KMEANS_CLUSTERS = 10  # kinds without a cluster variable: k-means with one cluster per class
+
+
+@torch.no_grad()
+def assign_clusters(model: GenerativeModel, x: torch.Tensor, batch_size: int, seed: int):
+    """(N,) cluster ids, the cluster count, and the (N, L) latent means.
+
+    Kinds with a cluster variable (MoE manager, mixture prior) use its argmax; the others
+    get k-means on the latent means, fitted on these codes alone, never on labels."""
+    probs, codes = [], []
+    for xb in x.split(batch_size):
+        p = model.cluster_probs(xb)
+        if p is not None:
+            probs.append(p)
+        codes.append(model.latent_mean(xb))
+    codes = torch.cat(codes).cpu().numpy()
+    if probs:
+        probs = torch.cat(probs)
+        return probs.argmax(1).cpu().numpy(), probs.shape[1], codes
+    km = KMeans(KMEANS_CLUSTERS, n_init=10, random_state=seed).fit(codes.astype(np.float64))
+    return km.labels_, KMEANS_CLUSTERS, codes
+
+
 @torch.no_grad()
 def evaluate_model(model: GenerativeModel, pixels: np.ndarray, labels: np.ndarray,
                    cfg: EvaluateConfig, log: Callable[[str], None] = print) -> Dict:
@@ -71,12 +95,10 @@ def evaluate_model(model: GenerativeModel, pixels: np.ndarray, labels: np.ndarra
     model.eval()
     torch.manual_seed(cfg.seed)
     x = prepare_test(model, pixels, cfg.seed)
-    probs = torch.cat([model.cluster_probs(xb) for xb in x.split(cfg.batch_size)])  # (N, C)
-    clusters = probs.argmax(1).numpy()
-    n_clusters = probs.shape[1]
+    clusters, n_clusters, codes = assign_clusters(model, x, cfg.batch_size, cfg.seed)
     metrics = cluster_scores(labels, clusters, n_clusters)
     usage = np.bincount(clusters, minlength=n_clusters) / len(clusters)
-    metrics["expert_usage"] = {str(k): float(u) for k, u in enumerate(usage)}
+    metrics["cluster_usage"] = {str(k): float(u) for k, u in enumerate(usage)}
 
     n_ll = len(x) if cfg.ll_limit is None else min(cfg.ll_limit, len(x))
     lls, t0, report_every = [], time.perf_counter(), max(1, n_ll // cfg.batch_size // 10)
@@ -91,4 +113,4 @@ def evaluate_model(model: GenerativeModel, pixels: np.ndarray, labels: np.ndarra
     metrics["test_log_likelihood_sem"] = float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else 0.0
     metrics["ll_images"] = n_ll
     metrics["iw_samples"] = cfg.iw_samples
-    return {"metrics": metrics, "clusters": clusters, "x": x}
+    return {"metrics": metrics, "clusters": clusters, "n_clusters": n_clusters, "codes": codes, "x": x}

@@ -26,16 +26,14 @@ def grid(images: np.ndarray) -> np.ndarray:
 
 
 def save_grid(path: Path, images: np.ndarray, title: str,
-              col_labels: Optional[Sequence[str]] = None) -> None:
+              col_labels: Optional[Sequence[str]] = None,
+              row_labels: Optional[Sequence[str]] = None) -> None:
     r, c = images.shape[:2]
     fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * c), max(2.0, 0.6 * r) + 0.6))
     ax.imshow(grid(images), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=10)
-    ax.set_yticks([])
-    if col_labels is not None:
-        ax.set_xticks([j * 29 + 13.5 for j in range(c)], col_labels, fontsize=7)
-    else:
-        ax.set_xticks([])
+    ax.set_xticks([j * 29 + 13.5 for j in range(c)] if col_labels else [], col_labels or [], fontsize=7)
+    ax.set_yticks([i * 29 + 13.5 for i in range(r)] if row_labels else [], row_labels or [], fontsize=7)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -78,20 +76,65 @@ def write_rows_csv(path: Path, rows: List[Dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def save_latent(path_png: Path, path_csv: Path, codes: np.ndarray, labels: np.ndarray,
+                title: str, csv_rows: int = 2000) -> None:
+    """Test-set codes (N, L) in 2-D, coloured by true class: the first two dims when L = 2,
+    else the top two principal components. The CSV (x, y, digit) feeds DVC's scatter."""
+    if codes.shape[1] == 2:
+        xy, axes = codes, ("z1", "z2")
+    else:
+        centred = codes - codes.mean(0)
+        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+        xy, share = centred @ vt[:2].T, sv ** 2 / (sv ** 2).sum()
+        axes = (f"PC1 ({share[0]:.0%} of variance)", f"PC2 ({share[1]:.0%})")
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=2, alpha=0.6)
+    fig.colorbar(points, ax=ax, ticks=range(10), label="true class")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path_png)
+    plt.close(fig)
+    write_rows_csv(path_csv, [{"x": round(float(a), 4), "y": round(float(b), 4), "digit": int(d)}
+                              for a, b, d in zip(xy[:csv_rows, 0], xy[:csv_rows, 1], labels[:csv_rows])])
+
+
+# Pairs of classes to morph between: the digits unsupervised MNIST models confuse most.
+MORPH_PAIRS = [(3, 5), (4, 9), (7, 9), (1, 7), (0, 6), (2, 8)]
+
+
+def save_components_over_epochs(path: Path, snapshots: np.ndarray, kind: str, max_rows: int = 12) -> None:
+    """(E, C, D) uint8 per-epoch samples (same noise every epoch), one column per component."""
+    epochs = np.unique(np.linspace(0, len(snapshots) - 1, min(max_rows, len(snapshots))).round().astype(int))
+    save_grid(path, snapshots[epochs] / 255.0, f"{kind}: one sample per component, by epoch",
+              col_labels=[str(k) for k in range(snapshots.shape[1])],
+              row_labels=[f"ep {e + 1}" for e in epochs])
+
+
 def write_evaluation_plots(out_dir: Path, model, labels: np.ndarray, result: Dict, seed: int,
                            rows: int = 8) -> None:
-    """confusion.png/.csv, component_samples.png (one column per expert or mixture
-    component), reconstructions.png (originals above their reconstructions)."""
+    """confusion.png/.csv, samples.png, component_samples.png (one column per expert or
+    mixture component), reconstructions.png, latent.png/.csv, morph.png."""
     import torch
 
     kind = model.cfg.kind
-    n_clusters = len(result["metrics"]["expert_usage"])
     save_confusion(out_dir / "confusion.png", out_dir / "confusion.csv", labels,
-                   result["clusters"], n_clusters, f"{kind}: true digit vs cluster")
+                   result["clusters"], result["n_clusters"], f"{kind}: true class vs cluster")
+    save_latent(out_dir / "latent.png", out_dir / "latent.csv", result["codes"], labels,
+                f"{kind}: test-set latent means by true class")
+    torch.manual_seed(seed)
+    save_grid(out_dir / "samples.png", model.sample(rows * rows).cpu().numpy().reshape(rows, rows, -1),
+              f"{kind}: random samples")
+    firsts = [int(np.flatnonzero(labels == d)[0]) if (labels == d).any() else 0 for d in range(10)]
+    a, b = ([firsts[p[i]] for p in MORPH_PAIRS] for i in (0, 1))
+    steps = 10
+    save_grid(out_dir / "morph.png", model.morph(result["x"][a], result["x"][b], steps).cpu().numpy(),
+              f"{kind}: decoding the straight line between two test codes",
+              row_labels=[f"{p[0]}->{p[1]}" for p in MORPH_PAIRS])
     torch.manual_seed(seed)
     comps = model.sample_components(rows).cpu().numpy()  # (C, rows, D)
     save_grid(out_dir / "component_samples.png", comps.transpose(1, 0, 2),
-              f"{kind}: samples, one column per component",
+              f"{kind}: samples, one column per component (expert or prior mode)",
               col_labels=[str(k) for k in range(comps.shape[0])])
     x = result["x"][:rows * 2]
     recon = model.reconstruct(x).cpu().numpy()

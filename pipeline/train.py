@@ -83,6 +83,18 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     return mean_over_ranks(sums, steps)
 
 
+@torch.no_grad()
+def component_snapshot(model: GenerativeModel, seed: int) -> torch.Tensor:
+    """(C, D) uint8: one sample per component from the same noise every epoch, so a grid
+    of snapshots shows each expert (or prior mode) settle on its digit. The training
+    RNG is reseeded at the start of every epoch, so this draw does not change training."""
+    torch.manual_seed(seed)
+    model.eval()
+    images = model.sample_components(1)[:, 0]
+    model.train()
+    return images.mul(255).round().to(torch.uint8).cpu()
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; runs on every worker."""
     import ray.train
@@ -109,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     raw = build_model(params.model).to(device)
     opt = torch.optim.Adam(raw.parameters(), lr=tcfg.lr)
-    start, history = 0, []
+    start, history, snapshots = 0, [], []
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
@@ -117,6 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
         raw.load_state_dict(state["model"]["state_dict"])
         opt.load_state_dict(state["optimizer"])
         start, history = state["epoch"], json.loads(state["history"])
+        snapshots = list(state["snapshots"])
         if rank == 0:
             print(f"resuming from the checkpoint after epoch {start}", flush=True)
     model = ray.train.torch.prepare_model(raw) if world > 1 else raw
@@ -129,16 +142,15 @@ def train_loop_per_worker(config: dict) -> None:
                "images_per_s": steps * batch * world / seconds}
         history.append(row)
         if rank == 0:
-            print(f"epoch {epoch + 1}/{tcfg.epochs}  loss {parts['loss']:.3f}  "
-                  f"expert {parts.get('expected_expert_loss', float('nan')):.3f}  "
-                  f"balancing {parts.get('balancing_loss', float('nan')):.4f}  "
-                  f"{row['images_per_s']:.0f} img/s", flush=True)
+            shown = "  ".join(f"{k} {parts[k]:.4g}" for k in sorted(parts, key=lambda k: k != "loss"))
+            print(f"epoch {epoch + 1}/{tcfg.epochs}  {shown}  {row['images_per_s']:.0f} img/s", flush=True)
+            snapshots.append(component_snapshot(raw, tcfg.seed))
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
                 torch.save({"model": model_state(raw), "optimizer": opt.state_dict(),
-                            "epoch": epoch + 1, "history": json.dumps(history)},
-                           Path(d) / STATE_FILE)
+                            "epoch": epoch + 1, "history": json.dumps(history),
+                            "snapshots": torch.stack(snapshots)}, Path(d) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(row, checkpoint=checkpoint)
 

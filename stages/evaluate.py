@@ -5,18 +5,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import cli  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, variants=True)
     p.add_argument("--shards", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--metrics", required=True, help="metrics JSON to write")
     p.add_argument("--plots", required=True, help="directory for the evaluation pictures")
     args = p.parse_args()
-    cfg = load_params(args.params).evaluate
+    cfg = cli.load(args).evaluate
 
     from pipeline.data import load_split
     from pipeline.evaluate import evaluate_model

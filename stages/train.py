@@ -6,19 +6,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import cli  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
-from pipeline.plots import write_rows_csv  # noqa: E402
+from pipeline.plots import save_components_over_epochs, write_rows_csv  # noqa: E402
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, variants=True)
     p.add_argument("--shards", required=True)
     p.add_argument("--model", required=True, help="model file to write")
     p.add_argument("--curves", required=True, help="per-epoch CSV (a DVC plot)")
     p.add_argument("--metrics", required=True, help="final training metrics (JSON)")
+    p.add_argument("--snapshots", required=True, help="per-epoch component samples (PNG)")
     args = p.parse_args()
-    params = load_params(args.params)  # validated before any Ray work starts
+    params = cli.load(args)  # validated before any Ray work starts
 
     import torch
     from pipeline.train import fit
@@ -28,14 +28,16 @@ def main() -> None:
         torch.save(state["model"], tmp)
     history = state["history"]
     write_rows_csv(Path(args.curves), history)
+    save_components_over_epochs(Path(args.snapshots), state["snapshots"].numpy(), params.model.kind)
     last = history[-1]
     write_json(args.metrics, {
         "final": {k: v for k, v in last.items() if k not in ("epoch", "seconds")},
         "epochs": last["epoch"],
         "train_seconds": sum(r["seconds"] for r in history),
+        "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
     })
     shutil.rmtree(state["run_dir"], ignore_errors=True)  # finished: nothing left to resume
-    cli.log(f"train: wrote {args.model}, {args.curves}, {args.metrics}")
+    cli.log(f"train: wrote {args.model}, {args.curves}, {args.snapshots}, {args.metrics}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ def test_every_param_key_is_documented_in_readme():
     ({"train": {"use_gpu": "yes"}}, "train.use_gpu='yes'"),
     ({"data": {"shards": 0}}, "data.shards=0"),
     ({"evaluate": {"iw_samples": 0}}, "evaluate.iw_samples=0"),
+    ({"data": {"dataset": "cifar10"}}, "data.dataset='cifar10'"),
+    ({"model": {"encoder": "resnet"}}, "model.encoder='resnet'"),
+    ({"model": {"components": 0}}, "model.components=0"),
+    ({"model": {"mmd_proposal_std": 0}}, "model.mmd_proposal_std=0"),
+    ({"model": {"learn_prior_weights": "yes"}}, "model.learn_prior_weights='yes'"),
+    ({"compare": {"kinds": ["vae", "vae"]}}, "compare.kinds=['vae', 'vae']"),
+    ({"compare": {"kinds": ["gan"]}}, "compare.kinds=['gan']"),
+    ({"compare": {"overrides": {"model.kind": "vae"}}}, "compare.overrides="),
 ])
 def test_bad_values_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as e:
@@ -52,3 +60,18 @@ def test_overrides_and_defaults():
     assert params_from_dict({}) == Params()
     p = load_params(ROOT / "params.yaml", overrides={"model.experts": 3})
     assert p.model.experts == 3
+
+
+def test_compare_variant_applies_overrides_and_kind():
+    from pipeline.config import compare_variant
+
+    p = params_from_dict({"compare": {"kinds": ["vae", "gmm_vae"],
+                                      "overrides": {"train.epochs": 3, "model.latent_dim": 2}}})
+    v = compare_variant(p, "gmm_vae")
+    assert (v.model.kind, v.train.epochs, v.model.latent_dim) == ("gmm_vae", 3, 2)
+    assert v.evaluate == p.evaluate and p.model.kind == "moe_vae"  # the main run is untouched
+    with pytest.raises(ConfigError, match="'moe_vae' is not in compare.kinds"):
+        compare_variant(p, "moe_vae")
+    typo = params_from_dict({"compare": {"overrides": {"train.epoch": 3}}})
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        compare_variant(typo, "vae")

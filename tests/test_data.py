@@ -1,13 +1,14 @@
 """IDX -> Parquet: validation, round trip, determinism, atomicity, download path."""
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data import (FILES, DataError, download, load_raw_split, load_split,
+from pipeline.data import (DATASET_MD5, FILES, DataError, download, load_raw_split, load_split,
                            read_manifest, write_shards)
 from tests.conftest import make_raw
 
@@ -144,6 +145,36 @@ def test_download_without_network_says_where_to_put_files(tmp_path, monkeypatch)
     msg = str(e.value)
     assert "could not download" in msg and str(raw) in msg and "\n" not in msg
     assert calls and all(u.endswith("train-images-idx3-ubyte.gz") for u in calls)
+
+
+def test_fashion_mnist_downloads_from_its_own_mirrors(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tvu
+
+    calls = []
+
+    def offline(url, root, filename, md5):
+        calls.append((url, md5))
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(tvu, "download_url", offline)
+    with pytest.raises(DataError, match="fashion_mnist"):
+        download(tmp_path / "raw", "fashion_mnist")
+    assert calls and all("fashion-mnist" in u for u, _ in calls)
+    assert calls[0][1] == "8d4fb7e6c68d591d4c3dfef9ec88bf0d"  # torchvision's .gz MD5
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+@pytest.mark.skipif(not (FASHION / "t10k-labels-idx1-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_md5_and_counts(tmp_path):
+    images, labels = load_raw_split(FASHION, "test", 10_000, DATASET_MD5["fashion_mnist"])
+    assert images.shape == (10_000, 784) and np.bincount(labels).tolist() == [1000] * 10
+    with pytest.raises(DataError, match="content MD5"):  # MNIST checksums reject it
+        load_raw_split(FASHION, "test", 10_000, DATASET_MD5["mnist"])
 
 
 def test_manifest_checksum_catches_tampered_shard(tmp_path):

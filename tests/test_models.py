@@ -5,32 +5,63 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.data import load_split
 from pipeline.models import REGISTRY, build_model, load_model, save_model
-from pipeline.models.blocks import BatchedMLP
-from pipeline.train import train_epoch
+from pipeline.models.blocks import BatchedMLP, ConvDecoder, ConvEncoder
+from pipeline.train import component_snapshot, train_epoch
 
 KINDS = sorted(REGISTRY)
+COMPONENTS = {"moe_vae": 3, "gmm_vae": 5}  # cluster count per kind in small(); others: k-means
 
 
 def small(kind, **kw):
-    return ModelConfig(kind=kind, experts=3, latent_dim=4, hidden=32, **kw)
+    return ModelConfig(kind=kind, experts=3, components=5, latent_dim=4, hidden=32,
+                       conv_channels=4, **kw)
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("encoder", ["mlp", "conv"])
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
-def test_shapes_and_finite_loss(kind, likelihood):
+def test_shapes_and_finite_loss(kind, encoder, likelihood):
     torch.manual_seed(0)
-    model = build_model(small(kind, likelihood=likelihood))
+    model = build_model(small(kind, encoder=encoder, likelihood=likelihood))
     x = model.likelihood.prepare(torch.rand(5, 784))
     out = model(x)
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    assert all(v.dim() == 0 for v in out.values())  # every part is a loggable scalar
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert model.sample(7).shape == (7, 784)
     comps = model.sample_components(2)
-    assert comps.shape[1:] == (2, 784) and comps.min() >= 0 and comps.max() <= 1
+    assert comps.shape == (COMPONENTS.get(kind, 1), 2, 784) and comps.min() >= 0 and comps.max() <= 1
     assert model.reconstruct(x).shape == (5, 784)
+    assert model.latent_mean(x).shape == (5, 4)
+    assert model.morph(x[:2], x[2:4], 6).shape == (2, 6, 784)
     assert model.log_importance_weights(x, 6).shape == (5, 6)
+    assert torch.isfinite(model.log_importance_weights(x, 6)).all()
     probs = model.cluster_probs(x)
-    if probs is not None:
+    if kind in COMPONENTS:
+        assert probs.shape == (5, COMPONENTS[kind])
         torch.testing.assert_close(probs.sum(1), torch.ones(5))
+    else:
+        assert probs is None  # evaluation clusters these kinds with k-means
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_morph_ends_at_the_reconstructions(kind):
+    torch.manual_seed(0)
+    model = build_model(small(kind))
+    x = torch.rand(4, 784)
+    path = model.morph(x[:2], x[2:], 5)
+    torch.testing.assert_close(path[:, 0], model.reconstruct(x[:2]))
+    torch.testing.assert_close(path[:, -1], model.reconstruct(x[2:]))
+
+
+def test_component_snapshot_repeats_its_noise():
+    torch.manual_seed(0)
+    model = build_model(small("moe_vae"))
+    a = component_snapshot(model, seed=3)
+    torch.manual_seed(99)
+    assert a.shape == (3, 784) and a.dtype == torch.uint8
+    assert torch.equal(a, component_snapshot(model, seed=3)) and model.training
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -55,6 +86,34 @@ def test_checkpoint_round_trip(kind, tmp_path):
     a = model(x)["loss"]
     torch.manual_seed(1)
     assert back(x)["loss"].item() == a.item()
+
+
+@pytest.mark.parametrize("kind", ["vae", "moe_vae"])
+def test_conv_model_lowers_its_loss(kind, tiny_shards):
+    torch.manual_seed(0)
+    model = build_model(small(kind, encoder="conv", activation="relu"))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    pixels = torch.from_numpy(load_split(tiny_shards, "train").pixels.copy())
+    losses = [train_epoch(model, model, opt, pixels, 50, 4, e, seed=0)["loss"] for e in range(3)]
+    assert losses[-1] < losses[0] - 10, losses
+
+
+def test_conv_experts_are_independent_groups():
+    torch.manual_seed(0)
+    enc, dec = ConvEncoder(3, 4, 16, 6, "relu"), ConvDecoder(3, 4, 16, 5, "relu")
+    x = torch.rand(7, 784)
+    assert enc(x).shape == (3, 7, 6)
+    z = torch.randn(3, 7, 5)
+    out = dec(z)
+    assert out.shape == (3, 7, 784)
+    for k in range(3):
+        torch.testing.assert_close(out[k], dec.one(k, z[k]))
+    z2 = z.clone()
+    z2[1] += 1.0  # changing expert 1's code leaves experts 0 and 2 untouched
+    out2 = dec(z2)
+    torch.testing.assert_close(out2[0], out[0])
+    torch.testing.assert_close(out2[2], out[2])
+    assert (out2[1] - out[1]).abs().max() > 1e-3
 
 
 def test_checkpoint_is_weights_only(tmp_path):

@@ -12,13 +12,19 @@ from typing import Dict, Type, Union
 import torch
 
 from pipeline.models.base import GenerativeModel
+from pipeline.models.gmm_vae import GMMVAE
+from pipeline.models.mmd_vae import MMDVAE
 from pipeline.models.moe_vae import MoEVAE
+from pipeline.models.vae import VAE
 
 REGISTRY: Dict[str, Type[GenerativeModel]] = {
     "moe_vae": MoEVAE,
+    "vae": VAE,
+    "mmd_vae": MMDVAE,
+    "gmm_vae": GMMVAE,
 }
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def build_model(cfg) -> GenerativeModel:

@@ -41,6 +41,25 @@ class GenerativeModel(nn.Module):
         """(B, D) pixel means of the reconstruction from the posterior mean."""
         raise NotImplementedError
 
+    def encode(self, x: torch.Tensor):
+        """Posterior parameters (mu, logvar) of q(z | x); shapes are the kind's own
+        ((B, L) for one latent, (K, B, L) for K experts)."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder logits for codes z; `likelihood.mean(logits)` gives pixel means."""
+        raise NotImplementedError
+
+    def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L) the code of each image (the posterior mean; for the MoE-VAE, that of the
+        expert the manager picks): what latent plots and k-means clustering use."""
+        raise NotImplementedError
+
+    def morph(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> torch.Tensor:
+        """(P, steps, D) pixel means decoded along the straight line between the codes
+        of P image pairs (x_a[i], x_b[i])."""
+        raise NotImplementedError
+
     def cluster_probs(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """(B, C) soft cluster assignment, or None where clusters come from k-means."""
         return None

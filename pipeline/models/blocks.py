@@ -1,4 +1,9 @@
-"""Building blocks shared by every model kind: activations, MLPs, and K parallel MLPs."""
+"""Building blocks shared by every model kind: activations, MLPs, K parallel MLPs, and
+K parallel convolutional encoders/decoders (grouped convolutions, one group per expert).
+
+Every encoder maps (B, D) -> (K, B, O) and every decoder (K, B, L) -> (K, B, D); the
+single-latent kinds use K = 1 through `Single`. `model.encoder` picks `mlp` or `conv`.
+"""
 from __future__ import annotations
 
 import math
@@ -6,6 +11,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
@@ -69,3 +75,72 @@ class BatchedMLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return x
+
+
+SIDE = 28  # conv blocks work on 28x28 images: two stride-2 layers give 7x7 maps
+
+
+class ConvEncoder(nn.Module):
+    """K encoders as in the MMD-VAE seed: conv 4x4/2 (c) -> conv 4x4/2 (2c) -> MLP.
+
+    (B, 784) -> (B, K*c, 14, 14) -> (B, K*2c, 7, 7) -> (K, B, 2c*49) -> (K, B, O). The
+    first conv sees the shared image, the second has groups=K, so expert k only ever
+    reads its own channels: K independent encoders in two conv calls.
+    """
+
+    def __init__(self, k: int, channels: int, hidden: int, n_out: int, activation: str):
+        super().__init__()
+        c, act = channels, ACTIVATION_MODULES[activation]
+        self.k, self.flat = k, 2 * c * (SIDE // 4) ** 2
+        self.convs = nn.Sequential(nn.Conv2d(1, k * c, 4, 2, 1), act(),
+                                   nn.Conv2d(k * c, k * 2 * c, 4, 2, 1, groups=k), act())
+        self.head = BatchedMLP(k, [self.flat, hidden, n_out], activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.convs(x.view(-1, 1, SIDE, SIDE))  # (B, K*2c, 7, 7)
+        return self.head(h.view(x.shape[0], self.k, self.flat).transpose(0, 1))  # (K, B, O)
+
+
+class ConvDecoder(nn.Module):
+    """K decoders mirroring ConvEncoder: MLP -> (2c, 7, 7) -> deconv (c, 14, 14) -> deconv
+    (1, 28, 28) logits, transposed convolutions with groups=K."""
+
+    def __init__(self, k: int, channels: int, hidden: int, latent: int, activation: str):
+        super().__init__()
+        c = channels
+        self.k, self.c = k, c
+        self.head = BatchedMLP(k, [latent, hidden, 2 * c * (SIDE // 4) ** 2], activation)
+        self.act = ACTIVATION_MODULES[activation]()
+        self.up1 = nn.ConvTranspose2d(k * 2 * c, k * c, 4, 2, 1, groups=k)
+        self.up2 = nn.ConvTranspose2d(k * c, k, 4, 2, 1, groups=k)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(K, B, L) -> (K, B, 784) logits."""
+        b = z.shape[1]
+        h = self.act(self.head(z)).transpose(0, 1).reshape(b, self.k * 2 * self.c, SIDE // 4, SIDE // 4)
+        out = self.up2(self.act(self.up1(h)))  # (B, K, 28, 28)
+        return out.view(b, self.k, SIDE * SIDE).transpose(0, 1)
+
+    def one(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """Decoder k alone, (N, L) -> (N, 784), using group k's slice of each weight."""
+        c = self.c
+        h = self.act(self.head.one(k, z)).view(-1, 2 * c, SIDE // 4, SIDE // 4)
+        h = self.act(F.conv_transpose2d(h, self.up1.weight[k * 2 * c:(k + 1) * 2 * c],
+                                        self.up1.bias[k * c:(k + 1) * c], stride=2, padding=1))
+        out = F.conv_transpose2d(h, self.up2.weight[k * c:(k + 1) * c], self.up2.bias[k:k + 1],
+                                 stride=2, padding=1)
+        return out.view(-1, SIDE * SIDE)
+
+
+def encoder(k: int, cfg, n_pixels: int, n_out: int) -> nn.Module:
+    """K encoders (B, D) -> (K, B, n_out) of the architecture `cfg.encoder` names."""
+    if cfg.encoder == "conv":
+        return ConvEncoder(k, cfg.conv_channels, cfg.hidden, n_out, cfg.activation)
+    return BatchedMLP(k, [n_pixels, cfg.hidden, n_out], cfg.activation)
+
+
+def decoder(k: int, cfg, n_pixels: int) -> nn.Module:
+    """K decoders (K, B, L) -> (K, B, D) logits, with `.one(k, z)` for a single expert."""
+    if cfg.encoder == "conv":
+        return ConvDecoder(k, cfg.conv_channels, cfg.hidden, cfg.latent_dim, cfg.activation)
+    return BatchedMLP(k, [cfg.latent_dim, cfg.hidden, n_pixels], cfg.activation)

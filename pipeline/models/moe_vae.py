@@ -7,7 +7,8 @@
 
 The balancing term (variance of expert usage over the batch, population variance, summed
 over every DDP rank's batch) keeps the manager from collapsing onto one expert. All K
-experts run in batched matmuls; see benchmarks/moe_step.py for the speed-up over a loop.
+experts run in batched matmuls (or grouped convolutions with model.encoder: conv); see
+benchmarks/moe_step.py for the speed-up over a loop.
 """
 from __future__ import annotations
 
@@ -20,16 +21,19 @@ import torch.nn.functional as F
 from pipeline.config import ModelConfig
 from pipeline.losses import balancing_loss, kl_std_normal, log_normal, log_std_normal
 from pipeline.models.base import GenerativeModel
-from pipeline.models.blocks import BatchedMLP, mlp
+from pipeline.models.blocks import decoder, encoder
 
 
 class MoEVAE(GenerativeModel):
     def __init__(self, cfg: ModelConfig, n_pixels: int = 784):
         super().__init__(cfg, n_pixels)
-        k, h, l = cfg.experts, cfg.hidden, cfg.latent_dim
-        self.manager = mlp([n_pixels, h, k], cfg.activation)
-        self.encoders = BatchedMLP(k, [n_pixels, h, 2 * l], cfg.activation)
-        self.decoders = BatchedMLP(k, [l, h, n_pixels], cfg.activation)
+        k = cfg.experts
+        self.manager = encoder(1, cfg, n_pixels, k)  # the same block type as the experts
+        self.encoders = encoder(k, cfg, n_pixels, 2 * cfg.latent_dim)
+        self.decoders = decoder(k, cfg, n_pixels)
+
+    def manager_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.manager(x)[0]  # (B, K)
 
     def encode(self, x: torch.Tensor):
         """(B, D) -> mu, logvar, each (K, B, L)."""
@@ -40,7 +44,7 @@ class MoEVAE(GenerativeModel):
         return self.decoders(z)
 
     def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.manager(x), dim=-1)  # (B, K)
+        return F.softmax(self.manager_logits(x), dim=-1)  # (B, K)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         probs = self.cluster_probs(x)  # (B, K)
@@ -69,11 +73,36 @@ class MoEVAE(GenerativeModel):
         return self.sample_components(n)[k, torch.arange(n, device=k.device)]
 
     @torch.no_grad()
+    def routed_code(self, x: torch.Tensor):
+        """The manager's expert k (B,) and that expert's posterior mean (B, L)."""
+        k = self.cluster_probs(x).argmax(-1)
+        return k, self.encode(x)[0][k, torch.arange(x.shape[0], device=x.device)]
+
+    def decode_routed(self, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Expert k[n] decodes z[n]: (N,), (N, L) -> (N, D) logits, each expert once."""
+        out = torch.empty(z.shape[0], self.n_pixels, device=z.device)
+        for e in k.unique().tolist():
+            m = k == e
+            out[m] = self.decoders.one(e, z[m])
+        return out
+
+    @torch.no_grad()
+    def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.routed_code(x)[1]
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.cluster_probs(x).argmax(-1)  # (B,)
-        mu, _ = self.encode(x)
-        logits = self.decode(mu)  # (K, B, D)
-        return self.likelihood.mean(logits[k, torch.arange(x.shape[0], device=x.device)])
+        return self.likelihood.mean(self.decode_routed(*self.routed_code(x)))
+
+    @torch.no_grad()
+    def morph(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> torch.Tensor:
+        """The latent is (k, z): z moves on the straight line between the two codes and
+        the decoding expert switches from x_a's to x_b's at the midpoint."""
+        (k_a, z_a), (k_b, z_b) = self.routed_code(x_a), self.routed_code(x_b)
+        t = torch.linspace(0, 1, steps, device=x_a.device)[None, :, None]  # (1, steps, 1)
+        z = ((1 - t) * z_a[:, None] + t * z_b[:, None]).flatten(0, 1)  # (P*steps, L)
+        k = torch.where(t[0, :, 0] < 0.5, k_a[:, None], k_b[:, None]).flatten()  # (P*steps,)
+        return self.likelihood.mean(self.decode_routed(k, z)).view(len(x_a), steps, -1)
 
     @torch.no_grad()
     def log_importance_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
@@ -81,19 +110,15 @@ class MoEVAE(GenerativeModel):
         with pi uniform, so log w = log pi_k + log p(z) + log p_k(x|z) - log q(k|x) - log q_k(z|x).
         Only the sampled expert decodes each sample (a loop over experts, not K-fold work)."""
         b, s, k = x.shape[0], n_samples, self.cfg.experts
-        log_q_k = F.log_softmax(self.manager(x), dim=-1)  # (B, K)
+        log_q_k = F.log_softmax(self.manager_logits(x), dim=-1)  # (B, K)
         mu, logvar = self.encode(x)  # (K, B, L)
         ks = torch.multinomial(log_q_k.exp(), s, replacement=True)  # (B, S)
         bs = torch.arange(b, device=x.device)[:, None].expand(b, s)  # (B, S)
         mu_s, logvar_s = mu[ks, bs], logvar[ks, bs]  # (B, S, L)
         z = mu_s + torch.exp(0.5 * logvar_s) * torch.randn_like(mu_s)
         log_w = (log_std_normal(z) - math.log(k)) - (log_q_k[bs, ks] + log_normal(z, mu_s, logvar_s))
-        log_px_z = torch.empty_like(log_w)
-        for e in range(k):
-            m = ks == e
-            if m.any():
-                log_px_z[m] = self.likelihood.log_prob(x[bs[m]], self.decoders.one(e, z[m]))
-        return log_w + log_px_z  # (B, S)
+        logits = self.decode_routed(ks.flatten(), z.flatten(0, 1)).view(b, s, -1)  # (B, S, D)
+        return log_w + self.likelihood.log_prob(x[:, None], logits)  # (B, S)
 
     def _device(self) -> torch.device:
-        return self.manager[0].weight.device
+        return next(self.parameters()).device

@@ -1,0 +1,92 @@
+"""The standard VAE (Kingma & Welling 2014), and the base of the other one-latent kinds.
+
+    q(z | x) = N(mu(x), diag exp(logvar(x)))      p(z) = prior (N(0, I) here)
+    loss = mean_b [ -log p(x_b | z_b) + KL(q(z | x_b) || p(z)) ],  z_b ~ q(z | x_b)
+
+Subclasses change only what differs: `kl` and the prior (gmm_vae), or the whole
+regulariser (mmd_vae). Encoder and decoder come from blocks (K = 1), `mlp` or `conv`.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.losses import kl_std_normal, log_normal, log_std_normal
+from pipeline.models.base import GenerativeModel
+from pipeline.models.blocks import decoder, encoder
+
+
+class VAE(GenerativeModel):
+    code_factor = 2  # the encoder emits (mu, logvar)
+
+    def __init__(self, cfg: ModelConfig, n_pixels: int = 784):
+        super().__init__(cfg, n_pixels)
+        self.encoder = encoder(1, cfg, n_pixels, self.code_factor * cfg.latent_dim)
+        self.decoder = decoder(1, cfg, n_pixels)
+
+    # -- the prior: N(0, I); gmm_vae swaps these three -------------------------------
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., L) -> (...) log p(z)."""
+        return log_std_normal(z)
+
+    def prior_sample(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.latent_dim, device=self._device())  # (n, L)
+
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(B,) KL(q(z|x) || p(z)); closed form for the standard normal prior."""
+        return kl_std_normal(mu, logvar)
+
+    # -- the interface ----------------------------------------------------------------
+    def encode(self, x: torch.Tensor):
+        """(B, D) -> mu, logvar, each (B, L)."""
+        return self.encoder(x)[0].chunk(2, dim=-1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, L) -> (N, D) logits."""
+        return self.decoder(z[None])[0]
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        mu, logvar = self.encode(x)  # (B, L)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        recon = -self.likelihood.log_prob(x, self.decode(z))  # (B,)
+        kl = self.kl(mu, logvar, z)  # (B,)
+        return {"loss": (recon + kl).mean(), "recon": recon.mean(), "kl": kl.mean()}
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        return self.likelihood.mean(self.decode(self.prior_sample(n)))
+
+    @torch.no_grad()
+    def sample_components(self, n: int) -> torch.Tensor:
+        return self.sample(n)[None]  # one prior component: (1, n, D)
+
+    @torch.no_grad()
+    def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.mean(self.decode(self.latent_mean(x)))
+
+    @torch.no_grad()
+    def morph(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> torch.Tensor:
+        z_a, z_b = self.latent_mean(x_a), self.latent_mean(x_b)  # (P, L)
+        t = torch.linspace(0, 1, steps, device=z_a.device)[None, :, None]  # (1, steps, 1)
+        z = (1 - t) * z_a[:, None] + t * z_b[:, None]  # (P, steps, L)
+        return self.likelihood.mean(self.decode(z.flatten(0, 1))).view(len(z), steps, -1)
+
+    @torch.no_grad()
+    def log_importance_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """Proposal q(z | x) = N(mu, diag exp(logvar)) from `encode`:
+        log w = log p(z) + log p(x | z) - log q(z | x), z ~ q; (B, S)."""
+        mu, logvar = (t[:, None] for t in self.encode(x))  # (B, 1, L)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(
+            x.shape[0], n_samples, mu.shape[-1], device=x.device)  # (B, S, L)
+        logits = self.decode(z.flatten(0, 1)).view(x.shape[0], n_samples, -1)  # (B, S, D)
+        log_px_z = self.likelihood.log_prob(x[:, None], logits)  # (B, S)
+        return self.log_prior(z) + log_px_z - log_normal(z, mu, logvar)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
