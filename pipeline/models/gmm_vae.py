@@ -17,12 +17,17 @@ from pipeline.losses import log_normal
 from pipeline.models.vae import VAE
 
 
+INIT_MEAN_STD = 0.3
+
+
 class GaussianMixturePrior(nn.Module):
     def __init__(self, components: int, latent: int, learn_weights: bool):
         super().__init__()
-        # Means drawn from N(0, I) spread the modes ~sqrt(2L) apart, so each starts with
-        # its own region of the latent space; unit variances like the standard prior.
-        self.means = nn.Parameter(torch.randn(components, latent))  # (C, L)
+        # Modes start close together (means ~ N(0, 0.3^2 I)), unit variances. Measured on
+        # 10k MNIST images, 5 epochs: with std 3 every code falls to the one nearest mode
+        # (accuracy 0.11, one cluster used); std 1 uses 4-5 of 10; std 0.3 uses all 10
+        # (accuracy 0.38-0.41 at that budget).
+        self.means = nn.Parameter(INIT_MEAN_STD * torch.randn(components, latent))  # (C, L)
         self.logvars = nn.Parameter(torch.zeros(components, latent))  # (C, L)
         self.logits = nn.Parameter(torch.zeros(components), requires_grad=learn_weights)  # (C,)
 
