@@ -62,7 +62,7 @@ def best_params_yaml(best: Dict, swept: List[str], metric: str) -> str:
         nested.setdefault(section, {})[name] = value.item() if hasattr(value, "item") else value
     flags = " ".join(f"-S {k}={best[k]}" for k in swept)
     head = (f"# best trial {best['trial']}: final {metric} {best[f'final_{metric}']:.6g} "
-            f"after {best['epochs']} epochs\n# apply with: dvc exp run {flags}\n")
+            f"after {best['epochs']} epochs\n# train and evaluate it: dvc exp run evaluate {flags}\n")
     return head + yaml.safe_dump(nested, sort_keys=True)
 
 

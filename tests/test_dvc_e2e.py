@@ -31,6 +31,8 @@ def repo(tmp_path, mnist_dir):
     params["model"].update(experts=3, hidden=32, latent_dim=4)
     params["train"].update(epochs=1, batch_size=50, num_workers=1)
     params["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
+    params["tune"].update(num_samples=2, epochs=1, val_rows=100, val_iw_samples=4,
+                          max_concurrent_trials=1)  # `dvc repro` runs the tune stage too
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/.ray_results/\n__pycache__/\n")
     sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q", repo)
@@ -47,6 +49,8 @@ def test_repro_metrics_noop_and_diff(repo):
     assert 0 <= metrics["cluster_accuracy"] <= 1 and metrics["test_log_likelihood"] < 0
     for f in ("component_samples.png", "reconstructions.png", "confusion.png", "confusion.csv"):
         assert (repo / "plots/evaluate" / f).stat().st_size > 0
+    tune = json.loads((repo / "metrics/tune.json").read_text())  # the tune stage ran too
+    assert tune["trials"] == 2 and (repo / "sweep/best_params.yaml").exists()
     shown = json.loads(sh("dvc metrics show --json", repo))
     assert "test_log_likelihood" in json.dumps(shown)
 

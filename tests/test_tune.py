@@ -179,3 +179,16 @@ def test_default_objective_is_label_free_and_ignores_labels():
     b = validate(model, x, np.zeros(40, dtype=int), iw_samples=4, seed=0)
     assert a["val_log_likelihood"] == b["val_log_likelihood"]  # labels cannot move it
     assert b["cluster_accuracy"] != a["cluster_accuracy"] or b["nmi"] != a["nmi"]
+
+
+def test_stage_rejects_a_bad_space_in_one_line_before_ray(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("tune:\n  space:\n    model.latnt_dim: {choice: [8]}\n")
+    r = subprocess.run([sys.executable, str(ROOT / "stages/tune.py"), "--shards", "s",
+                        "--table-dir", "sweep", "--plots", "p", "--metrics", "m.json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "tune.space.model.latnt_dim" in r.stderr and "unknown key" in r.stderr
+    assert "ray" not in r.stdout.lower() and not (tmp_path / "sweep").exists()
