@@ -105,7 +105,6 @@ class EvaluateConfig:
                "use null (whole test set) or an integer >= 1")
 
 
-
 @dataclass(frozen=True)
 class TuneConfig:
     # {"section.key": {loguniform|uniform: [lo, hi]} | {choice|grid: [v, ...]}}; any
@@ -152,8 +151,10 @@ class TuneConfig:
                "use an integer >= 2")
         _check(self.cpus_per_trial > 0, "tune.cpus_per_trial", self.cpus_per_trial,
                "use a number > 0")
-        _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial", self.gpus_per_trial,
-               "use 0 (CPU), a fraction (trials share a GPU) or a whole number")
+        _check(self.gpus_per_trial >= 0 and (self.gpus_per_trial <= 1 or
+                                             float(self.gpus_per_trial).is_integer()),
+               "tune.gpus_per_trial", self.gpus_per_trial,
+               "use 0 (CPU), a fraction up to 1 (trials share a GPU) or a whole number")
         _check(self.max_failures >= -1, "tune.max_failures", self.max_failures,
                "use -1 (retry forever), 0 or a positive integer")
 

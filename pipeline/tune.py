@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.cli import log as console
-from pipeline.config import Params, to_dict
+from pipeline.config import ConfigError, Params, to_dict
 from pipeline.data import DataError, load_split, read_manifest
 from pipeline.train import STATE_FILE, TrainError, train_epoch
 from pipeline.tune_space import (LABEL_METRICS, TUNE_METRICS, apply_overrides, param_space,
@@ -155,6 +155,9 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = console) -> List[dict]
         raise TrainError(f"tune.gpus_per_trial={cfg.gpus_per_trial} but Ray sees "
                          f"{ray.cluster_resources().get('GPU', 0):g} GPUs; set it to 0 for CPU")
     epochs = cfg.epochs or params.train.epochs
+    if epochs < cfg.grace_period:
+        raise ConfigError(f"params.yaml: tune.grace_period={cfg.grace_period} exceeds the "
+                          f"{epochs} epochs per trial; lower it or raise tune.epochs")
     setup = TrialSetup(base=to_dict(params), shard_dir=str(shard_dir), epochs=epochs,
                        val_rows=cfg.val_rows, val_iw_samples=cfg.val_iw_samples,
                        threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0)

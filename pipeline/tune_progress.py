@@ -58,5 +58,6 @@ class Progress(tune.Callback):
                  f"{done}/{self.total} ended, best {best}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        where = f" (traceback: {trial.error_file})" if trial.error_file else ""
         self.log(f"tune: trial {short(trial)} FAILED ({fmt(trial.config)}): "
-                 f"{last_line(trial.get_error())}; the sweep goes on")
+                 f"{last_line(trial.get_error())}; the sweep goes on{where}")

@@ -158,6 +158,7 @@ def test_bad_space_is_one_line_naming_the_entry(space, needle):
     ({"scheduler": "pbt"}, "tune.scheduler='pbt'"),
     ({"epochs": 1, "grace_period": 2}, "tune.epochs=1"),
     ({"gpus_per_trial": -1}, "tune.gpus_per_trial=-1"),
+    ({"gpus_per_trial": 1.5}, "tune.gpus_per_trial=1.5"),
 ])
 def test_bad_tune_settings_are_one_line(tune, needle):
     with pytest.raises(ConfigError) as e:
