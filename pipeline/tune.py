@@ -146,7 +146,6 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = console) -> List[dict]
     log(init_ray())
     import ray
     from ray import tune
-
     from ray.tune.logger import CSVLoggerCallback
 
     from pipeline.tune_progress import Progress, last_line
