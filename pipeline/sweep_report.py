@@ -32,7 +32,7 @@ def _best(values: List[float], mode: str) -> float:
 def results_rows(trials: List[dict], max_t: int) -> List[Dict]:
     """One row per trial: swept params, status, epochs, final_* and best_* of every metric."""
     rows = []
-    for t in trials:
+    for t in sorted(trials, key=lambda t: t["trial"]):
         hist = t["history"]
         row = {"trial": t["trial"], **t["config"], "status": t["status"],
                "epochs": len(hist) and hist[-1]["epoch"],

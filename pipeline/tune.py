@@ -128,6 +128,17 @@ def sweep_name(params: Params, manifest: dict) -> str:
     return f"tune-{params.model.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def _state_readable(path: Path) -> bool:
+    """Tune restores from the newest experiment_state-*.json, copied non-atomically to the
+    storage path; a process killed during that copy leaves it empty, and Tune would then
+    go on with a broken state instead of failing."""
+    states = sorted(path.glob("experiment_state-*.json"))
+    try:
+        return bool(states) and isinstance(json.loads(states[-1].read_text()), dict)
+    except ValueError:
+        return False
+
+
 def run_sweep(params: Params, shard_dir: Path, log: Log = console) -> List[dict]:
     """Run (or resume) the sweep; return one dict per trial: {"trial", "config", "status",
     "error", "history": [per-epoch rows]}. Raises SweepInterrupted if it did not end."""
@@ -166,6 +177,11 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = console) -> List[dict]
     name = sweep_name(params, manifest)
     path = Path(params.train.storage_path).resolve() / name
     mode = TUNE_METRICS[cfg.metric]
+    if tune.Tuner.can_restore(path) and not _state_readable(path):
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        path.rename(aside)
+        log(f"tune: the saved sweep state in {path} is unreadable (process killed while saving "
+            f"it?); moved to {aside.name}, starting the sweep again")
     if tune.Tuner.can_restore(path):
         log(f"tune: resuming the sweep in {path} (finished and failed trials are kept)")
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,

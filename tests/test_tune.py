@@ -193,3 +193,13 @@ def test_stage_rejects_a_bad_space_in_one_line_before_ray(tmp_path):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "tune.space.model.latnt_dim" in r.stderr and "unknown key" in r.stderr
     assert "ray" not in r.stdout.lower() and not (tmp_path / "sweep").exists()
+
+
+def test_a_state_file_truncated_by_a_kill_is_detected(tmp_path):
+    from pipeline.tune import _state_readable
+
+    assert not _state_readable(tmp_path)  # nothing saved yet
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    assert _state_readable(tmp_path)
+    (tmp_path / "experiment_state-2026-01-02_00-00-00.json").write_text("")  # newest, empty
+    assert not _state_readable(tmp_path)
