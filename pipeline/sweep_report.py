@@ -20,6 +20,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 
 def _best(values: List[float], mode: str) -> float:
@@ -103,8 +104,9 @@ def write_plots(trials: List[dict], rows: List[Dict], swept: List[str], metric: 
         values = [r[key] for r in ok if isinstance(r[key], (int, float))]
         if values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide
         ax.set_xlabel(key)
-        ax.set_ylabel(f"final {metric}")
+    axes[0][0].set_ylabel(f"final {metric}")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{metric} vs swept params (x: stopped early)", fontsize=10)
     _save(fig, out_dir / "metric_vs_params.png")
@@ -114,6 +116,7 @@ def write_plots(trials: List[dict], rows: List[Dict], swept: List[str], metric: 
         if t["history"]:
             ax.plot([h["epoch"] for h in t["history"]], [h[metric] for h in t["history"]],
                     marker=".", label=t["trial"].rsplit("_", 1)[-1])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"learning curves of all trials ({metric})", fontsize=10)
