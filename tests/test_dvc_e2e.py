@@ -34,6 +34,8 @@ def repo(tmp_path, mnist_dir):
     # Two kinds keep CI short; the stages have no kind-specific code, and test_models
     # covers every kind. One with k-means clustering, one with a cluster variable.
     params["compare"].update(kinds=["mmd_vae", "gmm_vae"], overrides={"train.epochs": 1})
+    params["tune"].update(num_samples=2, epochs=1, val_rows=100, val_iw_samples=4,
+                          max_concurrent_trials=1)  # `dvc repro` runs the tune stage too
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/.ray_results/\n__pycache__/\n")
     sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q", repo)
@@ -58,6 +60,8 @@ def test_repro_metrics_noop_and_diff(repo):
     for kind in ("mmd_vae", "gmm_vae"):
         assert json.loads((repo / f"metrics/compare/{kind}/train.json").read_text())["epochs"] == 1
         assert (repo / f"plots/compare/{kind}/evaluate/latent.png").exists()
+    tune = json.loads((repo / "metrics/tune.json").read_text())  # the tune stage ran too
+    assert tune["trials"] == 2 and (repo / "sweep/best_params.yaml").exists()
     shown = json.loads(sh("dvc metrics show --json", repo))
     assert "test_log_likelihood" in json.dumps(shown)
 

@@ -1,0 +1,108 @@
+"""tune.space: validation of the YAML syntax and its translation to Ray Tune domains.
+
+    tune:
+      space:
+        model.balancing_weight: {loguniform: [0.01, 1.0]}   # log-uniform on [lo, hi]
+        train.lr: {uniform: [0.0005, 0.002]}               # uniform on [lo, hi]
+        model.latent_dim: {choice: [8, 20]}                 # one drawn per trial (random)
+        model.experts: {grid: [5, 10]}                      # every value, crossed
+
+Any `model.*` / `train.*` key is applied to the trial's params exactly like
+`load_params(overrides={key: value})`, so keys added to those sections later (for example
+`model.components`) are sweepable with no change here.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from pipeline.config import ConfigError, Params, _check, build, params_from_dict, to_dict
+
+# tune.metric -> the direction that is better. The label metrics are reported for every
+# trial but select only when tune.metric names them (see README "Sweeps").
+TUNE_METRICS = {"val_log_likelihood": "max", "val_loss": "min",
+                "cluster_accuracy": "max", "nmi": "max"}
+LABEL_METRICS = ("cluster_accuracy", "nmi")
+SPACE_KINDS = ("loguniform", "uniform", "choice", "grid")
+# Keys a trial ignores or that the sweep owns (tune.epochs is the per-trial budget).
+UNSWEEPABLE = ("train.epochs", "train.num_workers", "train.use_gpu", "train.storage_path",
+               "train.max_failures")
+
+
+def check_dim(key: Any, spec: Any, search: str) -> None:
+    """Syntax of one tune.space entry; check_space then tries its values on real Params."""
+    where = f"tune.space.{key}"
+    _check(isinstance(key, str) and key.count(".") == 1, "tune.space", key,
+           "keys are dotted params such as model.latent_dim")
+    _check(key.split(".")[0] in ("model", "train"), "tune.space", key,
+           "only model.* and train.* keys change what a trial trains")
+    _check(key not in UNSWEEPABLE, "tune.space", key,
+           "a trial ignores it or the sweep sets it (use tune.epochs for the epoch budget)")
+    ok = isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SPACE_KINDS
+    _check(ok, where, spec, f"use one of {list(SPACE_KINDS)}, e.g. {{choice: [8, 20]}}")
+    kind, values = next(iter(spec.items()))
+    _check(isinstance(values, list) and len(values) >= 1, where, spec, "give a non-empty list")
+    if kind in ("loguniform", "uniform"):
+        _check(len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in values) and values[0] < values[1],
+               where, spec, f"{kind} needs [low, high] numbers with low < high")
+        _check(kind == "uniform" or values[0] > 0, where, spec, "loguniform needs low > 0")
+        _check(search != "grid", where, spec,
+               "tune.search=grid crosses lists only; use choice/grid here or tune.search=random")
+
+
+def check_space(params: Params) -> None:
+    """Build Params once per listed value (both bounds of a range) with that override, so
+    an unknown key or a value its section rejects fails at config time, not in a trial."""
+    base = to_dict(params)
+    base["tune"] = {"space": {}}  # the sample builds must not re-check the space
+    for key, spec in params.tune.space.items():
+        kind, values = next(iter(spec.items()))
+        # Ranges draw floats: try them as floats so an int key gets "use choice" now.
+        for value in ([float(v) for v in values] if kind in ("loguniform", "uniform") else values):
+            section, _, name = key.partition(".")
+            raw = {**base, section: {**base[section], name: value}}
+            try:
+                build(Params, raw, "")
+            except ConfigError as e:
+                hint = "; ranges draw floats, use choice for integers" if "wrong type" in str(e) else ""
+                raise ConfigError(f"params.yaml: tune.space.{key} value {value!r} is rejected: "
+                                  f"{str(e).removeprefix('params.yaml: ')}{hint}") from None
+
+
+def apply_overrides(base: dict, overrides: Dict[str, Any]) -> Params:
+    """Params of one trial: the base params.yaml dict with dotted overrides applied."""
+    raw = {section: dict(values) if isinstance(values, dict) else values
+           for section, values in base.items()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    raw["tune"] = {**raw.get("tune", {}), "space": {}}  # checked once, before the sweep
+    return params_from_dict(raw)
+
+
+def param_space(space: Dict[str, dict], search: str) -> Dict[str, Any]:
+    """tune.space -> Tune's param_space: flat {"model.latent_dim": <Domain>, ...}."""
+    from ray import tune
+
+    out: Dict[str, Any] = {}
+    for key, spec in space.items():
+        kind, values = next(iter(spec.items()))
+        if kind == "loguniform":
+            out[key] = tune.loguniform(*values)
+        elif kind == "uniform":
+            out[key] = tune.uniform(*values)
+        elif kind == "grid" or search == "grid":
+            out[key] = tune.grid_search(list(values))
+        else:
+            out[key] = tune.choice(list(values))
+    return out
+
+
+def trial_count(space: Dict[str, dict], search: str, num_samples: int) -> int:
+    """Trials Tune will create: num_samples x the product of the grid sizes."""
+    n = num_samples
+    for spec in space.values():
+        kind, values = next(iter(spec.items()))
+        if kind == "grid" or (search == "grid" and kind == "choice"):
+            n *= len(values)
+    return n

@@ -1,0 +1,36 @@
+"""tune: Parquet shards -> Ray Tune sweep over tune.space -> results table, best params, plots."""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import cli  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+
+
+def main() -> None:
+    p = cli.parser(__doc__)
+    p.add_argument("--shards", required=True)
+    p.add_argument("--table-dir", required=True,
+                   help="writes results.parquet, results.csv, best_params.yaml")
+    p.add_argument("--plots", required=True, help="directory for trials.csv, curves.csv, PNGs")
+    p.add_argument("--metrics", required=True, help="sweep summary JSON (a DVC metric)")
+    args = p.parse_args()
+    params = load_params(args.params)  # tune.space is validated here, before any Ray work
+
+    from pipeline.sweep_report import write_report
+    from pipeline.tune import run_sweep
+
+    t0 = time.perf_counter()
+    trials = run_sweep(params, Path(args.shards), log=cli.log)
+    best = write_report(trials, params, time.perf_counter() - t0, Path(args.table_dir),
+                        Path(args.plots), Path(args.metrics))
+    metric = params.tune.metric
+    cli.log(f"tune: best trial {best['trial']} final {metric} {best[f'final_{metric}']:.4g} with "
+            + " ".join(f"{k}={best[k]}" for k in params.tune.space)
+            + f"; wrote {args.table_dir}/results.{{parquet,csv}}, best_params.yaml, {args.plots}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,205 @@
+"""Ray Tune sweeps on tiny data: outputs, ASHA early stopping, failures, resume, validation."""
+import json
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipeline.config import ConfigError, load_params, params_from_dict
+from pipeline.tune_space import LABEL_METRICS, TUNE_METRICS
+from tests.conftest import ROOT
+
+MODEL = {"experts": 2, "latent_dim": 2, "hidden": 16}
+
+
+def sweep_params(tmp_path, space, **tune):
+    return params_from_dict({
+        "model": MODEL,
+        "train": {"batch_size": 50, "lr": 3e-3, "storage_path": str(tmp_path / "ray_results")},
+        "tune": {"space": space, "epochs": 2, "val_rows": 100, "val_iw_samples": 4,
+                 "max_concurrent_trials": 1, "num_samples": 1, **tune},
+    })
+
+
+def report(trials, params, tmp_path):
+    from pipeline.sweep_report import write_report
+
+    return write_report(trials, params, 60.0, tmp_path / "sweep", tmp_path / "plots",
+                        tmp_path / "metrics.json")
+
+
+def test_tiny_sweep_over_the_three_params_writes_table_best_params_and_plots(
+        ray_session, tiny_shards, tmp_path, capsys):
+    from pipeline.tune import run_sweep
+
+    space = {"model.balancing_weight": {"loguniform": [0.01, 1.0]},
+             "model.latent_dim": {"choice": [2, 3]}, "model.experts": {"choice": [2, 3]}}
+    params = sweep_params(tmp_path, space, num_samples=3, scheduler="fifo")
+    trials = run_sweep(params, tiny_shards)
+    best = report(trials, params, tmp_path)
+
+    table = pd.read_parquet(tmp_path / "sweep/results.parquet")
+    assert len(table) == 3 and set(table.status) == {"finished"} and (table.epochs == 2).all()
+    assert {"model.balancing_weight", "model.latent_dim", "model.experts", "stopped_early",
+            "final_val_log_likelihood", "best_val_log_likelihood", "final_cluster_accuracy"} <= set(table)
+    assert table["model.balancing_weight"].between(0.01, 1.0).all()
+    assert table.equals(pd.read_csv(tmp_path / "sweep/results.csv", keep_default_na=False)
+                        .astype(table.dtypes.to_dict()))
+    assert best["final_val_log_likelihood"] == table.final_val_log_likelihood.max()
+
+    overlay = yaml.safe_load((tmp_path / "sweep/best_params.yaml").read_text())
+    flat = {f"{s}.{k}": v for s, keys in overlay.items() for k, v in keys.items()}
+    assert set(flat) == set(space)
+    applied = load_params(ROOT / "params.yaml", overrides=flat)  # usable by the train stage
+    assert applied.model.latent_dim == best["model.latent_dim"]
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["trials"] == metrics["finished"] == 3 and metrics["failed"] == 0
+    assert metrics["best_val_log_likelihood"] == best["final_val_log_likelihood"]
+    curves = pd.read_csv(tmp_path / "plots/curves.csv")
+    assert len(curves) == 6 and set(curves.epoch) == {1, 2}
+    assert "model_balancing_weight" in pd.read_csv(tmp_path / "plots/trials.csv")
+    for png in ("metric_vs_params.png", "learning_curves.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 0
+
+    out = capsys.readouterr().out
+    assert out.count(" started (") == 3 and out.count(" finished: val_log_likelihood") == 3
+    assert "ended, best" in out and "Trial status" not in out  # our lines, not Tune's tables
+
+
+def test_asha_stops_a_clearly_worse_trial_after_the_grace_period(ray_session, tiny_shards, tmp_path):
+    from pipeline.sweep_report import results_rows
+    from pipeline.tune import run_sweep
+
+    # One at a time, in grid order: the good lr sets rung 1; the near-zero lr is then
+    # below the rung's top half (reduction_factor 2) and is stopped after epoch 1.
+    params = sweep_params(tmp_path, {"train.lr": {"grid": [1e-2, 1e-9]}}, epochs=3,
+                          grace_period=1, reduction_factor=2)
+    trials = run_sweep(params, tiny_shards, log=lambda s: None)
+    by_lr = {t["config"]["train.lr"]: t for t in trials}
+    assert by_lr[1e-2]["status"] == "finished" and len(by_lr[1e-2]["history"]) == 3
+    assert by_lr[1e-9]["status"] == "stopped" and len(by_lr[1e-9]["history"]) == 1
+    rows = {r["train.lr"]: r for r in results_rows(trials, 3)}
+    assert rows[1e-9]["stopped_early"] and not rows[1e-2]["stopped_early"]
+
+
+def test_a_crashing_trial_is_recorded_as_failed_and_the_sweep_goes_on(
+        ray_session, tiny_shards, tmp_path, capsys):
+    from pipeline.tune import run_sweep
+
+    params = sweep_params(tmp_path, {"train.lr": {"grid": [1e12, 3e-3]}}, epochs=1)
+    trials = run_sweep(params, tiny_shards)
+    best = report(trials, params, tmp_path)
+    status = {t["config"]["train.lr"]: t["status"] for t in trials}
+    assert status == {1e12: "failed", 3e-3: "finished"}
+    failed = next(t for t in trials if t["status"] == "failed")
+    assert "non-finite loss" in failed["error"]
+    assert best["train.lr"] == 3e-3
+    assert json.loads((tmp_path / "metrics.json").read_text())["failed"] == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+LINES, ARMED = [], {"interrupt": True}
+
+
+def interrupting_log(line: str) -> None:
+    """Progress sink that presses Ctrl-C once, right after the first trial finishes.
+    Module-level: the callback is pickled into the sweep state and restored with it."""
+    LINES.append(line)
+    if ARMED["interrupt"] and " finished: " in line:
+        ARMED["interrupt"] = False
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
+        ray_session, tiny_shards, tmp_path):
+    from pipeline.tune import SweepInterrupted, run_sweep
+
+    params = sweep_params(tmp_path, {"model.latent_dim": {"grid": [2, 3, 4]}}, scheduler="fifo")
+    with pytest.raises(SweepInterrupted, match="rerun the stage"):
+        run_sweep(params, tiny_shards, log=interrupting_log)
+    first = list(LINES)
+    done_first = {ln.split()[2] for ln in first if " finished: " in ln}
+    assert len(done_first) == 1
+    LINES.clear()
+
+    trials = run_sweep(params, tiny_shards, log=interrupting_log)
+    assert sorted(t["config"]["model.latent_dim"] for t in trials) == [2, 3, 4]
+    assert all(t["status"] == "finished" and len(t["history"]) == 2 for t in trials)
+    started_again = {ln.split()[2] for ln in LINES if " started (" in ln}
+    assert started_again and not started_again & done_first  # the finished trial was kept
+    assert any("resuming the sweep" in ln for ln in LINES)
+    assert len({t["trial"] for t in trials}) == 3
+
+
+@pytest.mark.parametrize("space, needle", [
+    ({"model.latnt_dim": {"choice": [8]}}, "unknown key 'model.latnt_dim'"),
+    ({"model.latent_dim": {"choice": [0, 8]}}, "tune.space.model.latent_dim value 0"),
+    ({"model.latent_dim": {"uniform": [2, 8]}}, "use choice for integers"),
+    ({"model.balancing_weight": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
+    ({"model.balancing_weight": {"normal": [0, 1]}}, "use one of ['loguniform'"),
+    ({"data.shards": {"choice": [2]}}, "only model.* and train.* keys"),
+    ({"train.epochs": {"choice": [2]}}, "use tune.epochs"),
+    ({"latent_dim": {"choice": [2]}}, "keys are dotted params"),
+])
+def test_bad_space_is_one_line_naming_the_entry(space, needle):
+    with pytest.raises(ConfigError) as e:
+        params_from_dict({"tune": {"space": space}})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("tune, needle", [
+    ({"search": "grid"}, "tune.search=grid crosses lists only"),  # default space has a range
+    ({"metric": "accuracy"}, "tune.metric='accuracy'"),
+    ({"scheduler": "pbt"}, "tune.scheduler='pbt'"),
+    ({"epochs": 1, "grace_period": 2}, "tune.epochs=1"),
+    ({"gpus_per_trial": -1}, "tune.gpus_per_trial=-1"),
+    ({"gpus_per_trial": 1.5}, "tune.gpus_per_trial=1.5"),
+])
+def test_bad_tune_settings_are_one_line(tune, needle):
+    with pytest.raises(ConfigError) as e:
+        params_from_dict({"tune": tune})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_objective_is_label_free_and_ignores_labels():
+    from pipeline.models import build_model
+    from pipeline.tune import validate
+
+    cfg = load_params(ROOT / "params.yaml").tune
+    assert cfg.metric == "val_log_likelihood" and cfg.metric not in LABEL_METRICS
+    assert TUNE_METRICS[cfg.metric] == "max" and cfg.scheduler == "asha"
+    model = build_model(params_from_dict({"model": MODEL}).model)
+    x = torch.rand(40, 784)
+    labels = np.arange(40) % 10
+    a = validate(model, x, labels, iw_samples=4, seed=0)
+    b = validate(model, x, np.zeros(40, dtype=int), iw_samples=4, seed=0)
+    assert a["val_log_likelihood"] == b["val_log_likelihood"]  # labels cannot move it
+    assert b["cluster_accuracy"] != a["cluster_accuracy"] or b["nmi"] != a["nmi"]
+
+
+def test_stage_rejects_a_bad_space_in_one_line_before_ray(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("tune:\n  space:\n    model.latnt_dim: {choice: [8]}\n")
+    r = subprocess.run([sys.executable, str(ROOT / "stages/tune.py"), "--shards", "s",
+                        "--table-dir", "sweep", "--plots", "p", "--metrics", "m.json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "tune.space.model.latnt_dim" in r.stderr and "unknown key" in r.stderr
+    assert "ray" not in r.stdout.lower() and not (tmp_path / "sweep").exists()
+
+
+def test_a_state_file_truncated_by_a_kill_is_detected(tmp_path):
+    from pipeline.tune import _state_readable
+
+    assert not _state_readable(tmp_path)  # nothing saved yet
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    assert _state_readable(tmp_path)
+    (tmp_path / "experiment_state-2026-01-02_00-00-00.json").write_text("")  # newest, empty
+    assert not _state_readable(tmp_path)
