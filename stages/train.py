@@ -1,5 +1,4 @@
 """train: Parquet shards -> model file, per-epoch curves and final training metrics."""
-import shutil
 import sys
 from pathlib import Path
 
@@ -9,6 +8,7 @@ from pipeline import cli  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.plots import write_rows_csv  # noqa: E402
+from pipeline.storage import delete_tree  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,9 @@ def main() -> None:
         "epochs": last["epoch"],
         "train_seconds": sum(r["seconds"] for r in history),
     })
-    shutil.rmtree(state["run_dir"], ignore_errors=True)  # finished: nothing left to resume
+    kept = delete_tree(state["run_dir"])  # finished: nothing left to resume
+    if kept:
+        cli.log(f"train: {kept}; delete it by hand")
     cli.log(f"train: wrote {args.model}, {args.curves}, {args.metrics}")
 
 
