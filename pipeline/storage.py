@@ -67,11 +67,12 @@ def put_bytes(uri: str, data: bytes) -> None:
         return
     fs, path = filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
+    # compression=None: pyarrow would otherwise gzip a ".gz" name a second time
+    with fs.open_output_stream(path, compression=None) as f:
         f.write(data)
 
 
 def get_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:  # bytes as stored
         return f.read()
