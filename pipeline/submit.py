@@ -160,10 +160,14 @@ def stage_workspace(root: Path, include: Iterable[str], dest: Path) -> int:
 
 
 async def stream(client, job_id: str) -> None:
+    """Echo the job log, minus the bundle's lines (chunks may end mid-line)."""
+    pending = ""
     async for chunk in client.tail_job_logs(job_id):
-        text = "".join(ln + "\n" for ln in chunk.splitlines() if not ln.startswith(MARK))
-        sys.stdout.write(text)
+        *lines, pending = (pending + chunk).split("\n")
+        sys.stdout.write("".join(ln + "\n" for ln in lines if not ln.startswith(MARK)))
         sys.stdout.flush()
+    if pending and not pending.startswith(MARK):
+        print(pending, flush=True)
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -196,7 +200,12 @@ def submit(args: argparse.Namespace) -> int:
     if args.results:
         from pipeline.storage import get_bytes, join
 
-        data = get_bytes(join(args.results, f"{job_id}.tar.gz"))
+        uri = join(args.results, f"{job_id}.tar.gz")
+        try:
+            data = get_bytes(uri)
+        except Exception as e:  # noqa: BLE001  (pyarrow raises OSError subclasses and more)
+            raise SubmitError(f"cannot read the outputs at {uri} from here ({e}); "
+                              f"give --results a location this machine can read") from e
     else:
         data = from_log(client.get_job_logs(job_id))
     written = unpack(data, root)

@@ -90,3 +90,17 @@ def test_storage_paths_and_uris(tmp_path, monkeypatch):
     (run / "checkpoint_0").mkdir(parents=True)
     assert storage.delete_tree(f"file://{run}") == "" and not run.exists()
     assert storage.delete_tree(str(run)) == ""  # already gone: fine
+
+
+def test_streamed_log_hides_the_bundle_even_when_chunks_split_lines(capsys):
+    import asyncio
+
+    from pipeline.submit import MARK, stream
+
+    class FakeClient:
+        async def tail_job_logs(self, job_id):
+            for chunk in ["epoch 1/1 loss 3", f"1.0\n{MARK[:5]}", f"{MARK[5:]} begin abc\n{MARK} end\ndone"]:
+                yield chunk
+
+    asyncio.run(stream(FakeClient(), "job"))
+    assert capsys.readouterr().out == "epoch 1/1 loss 31.0\ndone\n"
