@@ -110,6 +110,14 @@ def from_log(log: str) -> bytes:
 def remote(args: argparse.Namespace) -> int:
     """Job entrypoint on the cluster: run the command, then publish the outputs."""
     root = Path.cwd()
+    if args.shared_dir:
+        # The job's working dir exists on the head only, and `prepare` writes data/shards
+        # into it; running from a folder every node mounts at the same path lets each
+        # training worker read its shards there.
+        shared = Path(args.shared_dir) / args.job_id
+        shutil.copytree(root, shared, symlinks=True)
+        os.chdir(shared)
+        root = shared
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     if not (root / ".git").exists():
@@ -133,10 +141,12 @@ def remote(args: argparse.Namespace) -> int:
 
         uri = join(args.results, f"{args.job_id}.tar.gz")
         put_bytes(uri, data)
-        print(f"{MARK}-at {uri}", flush=True)
+        print(f"submit: outputs bundle at {uri}", flush=True)
     else:
         print("\n".join(log_frames(data)), flush=True)
     print(f"submit: published {len(data) / 1e6:.1f} MB of outputs: {', '.join(outs)}", flush=True)
+    if args.shared_dir:
+        shutil.rmtree(root, ignore_errors=True)  # shards are reproducible; kept on failure only
     return 0
 
 
@@ -180,6 +190,7 @@ def submit(args: argparse.Namespace) -> int:
     job_id = f"moe-vae-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     entry = [args.python, "-m", "pipeline.submit", "--remote", "--job-id", job_id,
              "--outs", *args.outs, *(["--results", args.results] if args.results else []),
+             *(["--shared-dir", args.shared_dir] if args.shared_dir else []),
              "--", *(args.command or ["dvc", "repro"])]
     env_vars = dict(kv.split("=", 1) for kv in args.env)
     with tempfile.TemporaryDirectory(prefix="moe-vae-submit-") as stage:
@@ -223,6 +234,9 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help=f"outputs to bring back (default: {' '.join(DEFAULT_OUTS)})")
     p.add_argument("--results", help="folder or URI both sides can read, for big outputs "
                                      "(default: carried in the job log)")
+    p.add_argument("--shared-dir", metavar="DIR",
+                   help="run in DIR/<job-id> on the cluster, a filesystem every node mounts at "
+                        "the same path (needed for >1 node: workers read data/shards there)")
     p.add_argument("--python", default="python",
                    help="interpreter on the cluster that has this project installed")
     p.add_argument("--env", nargs="*", default=[], metavar="K=V", help="env vars for the job")
