@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +26,8 @@ from tests.test_dvc_e2e import sh
 @pytest.fixture
 def shards(tmp_path) -> Path:
     """1 600 synthetic training images: epochs long enough (~1 s) to kill one mid-run."""
-    from pipeline.data import write_shards
+    from pipeline.data import FILES, IMAGES_MAGIC, LABELS_MAGIC, write_shards
     from tests.conftest import write_idx
-    from pipeline.data import FILES, IMAGES_MAGIC, LABELS_MAGIC
 
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw"
@@ -114,8 +114,6 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(ray
 
 
 def test_killed_dvc_repro_leaves_no_partial_outputs_and_rerun_resumes(tmp_path, mnist_dir):
-    import shutil
-
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("pipeline", "stages"):
