@@ -198,7 +198,9 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
     cpus = resources.get("CPU", 1) / tcfg.num_workers if local else 1
     per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     name = run_name(params, manifest)
-    storage = Path(tcfg.storage_path).resolve()
+    from pipeline.storage import join, resolve_storage
+
+    storage = resolve_storage(tcfg.storage_path)  # a URI (s3://, gs://) passes through
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"params": to_dict(params), "shard_dir": str(shard_dir),
@@ -206,7 +208,7 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
         scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(storage),
+            name=name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=tcfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Train's INFO lines (and, without a dashboard, the placement-group cleaner's
@@ -215,16 +217,16 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
             worker_runtime_env={"env_vars": dict(QUIET_ENV)}),
     )
     log(f"training {params.model.kind} on {tcfg.num_workers} worker(s) "
-        f"({'GPU, nccl' if use_gpu else 'CPU, gloo'}); checkpoints in {storage / name}")
+        f"({'GPU, nccl' if use_gpu else 'CPU, gloo'}); checkpoints in {join(storage, name)}")
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         failures = getattr(e, "worker_failures", {}) or {}
         causes = sorted({str(f).strip().splitlines()[-1] for f in failures.values()}) or [str(e)]
         raise TrainError(f"training failed: {causes[0]}; the last good checkpoint stays in "
-                         f"{storage / name}") from e
+                         f"{join(storage, name)}") from e
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     state["history"] = json.loads(state["history"])
-    state["run_dir"] = str(storage / name)
+    state["run_dir"] = join(storage, name)
     return state

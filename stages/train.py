@@ -1,5 +1,4 @@
 """train: Parquet shards -> model file, per-epoch curves and final training metrics."""
-import shutil
 import sys
 from pathlib import Path
 
@@ -8,6 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import cli  # noqa: E402
 from pipeline.io import atomic_path, write_json  # noqa: E402
 from pipeline.plots import save_components_over_epochs, write_rows_csv  # noqa: E402
+from pipeline.storage import delete_tree  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,9 @@ def main() -> None:
         "train_seconds": sum(r["seconds"] for r in history),
         "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
     })
-    shutil.rmtree(state["run_dir"], ignore_errors=True)  # finished: nothing left to resume
+    kept = delete_tree(state["run_dir"])  # finished: nothing left to resume
+    if kept:
+        cli.log(f"train: {kept}; delete it by hand")
     cli.log(f"train: wrote {args.model}, {args.curves}, {args.snapshots}, {args.metrics}")
 
 

@@ -1,0 +1,122 @@
+"""Two real Ray nodes (network namespaces): cross-node DDP, and `pipeline.submit` through
+the Jobs API running `dvc repro` there and bringing metrics, plots and model back."""
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.multinode import HEAD_IP, WORKER_IP, TwoNodeCluster, unavailable
+
+pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "ok")
+
+DDP_DRIVER = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    import ray, ray.train, torch
+    from ray.train.torch import TorchTrainer
+    from pipeline.config import params_from_dict, to_dict
+    from pipeline.train import STATE_FILE, train_loop_per_worker
+
+    address, shard_dir, out = sys.argv[1:4]
+    ray.init(address=address)
+    deadline = time.time() + 60
+    while sum(n["Alive"] for n in ray.nodes()) < 2:
+        assert time.time() < deadline, "the second node never joined"
+        time.sleep(0.5)
+
+    def loop(config):
+        import torch.distributed as dist
+        # Each rank contributes the last octet of its node's address: the all-gather
+        # crosses the veth pair only if the ranks sit on different nodes.
+        mine = torch.tensor([float(ray.util.get_node_ip_address().rsplit(".", 1)[1])])
+        seen = [torch.zeros(1) for _ in range(dist.get_world_size())]
+        dist.all_gather(seen, mine)
+        if ray.train.get_context().get_world_rank() == 0:
+            Path(config["out"]).write_text(json.dumps(sorted(float(t) for t in seen)))
+        train_loop_per_worker(config)
+
+    params = params_from_dict({"model": {"experts": 3, "latent_dim": 4, "hidden": 32},
+                               "train": {"epochs": 2, "batch_size": 40, "lr": 3e-3, "num_workers": 2}})
+    trainer = TorchTrainer(
+        loop, train_loop_config={"params": to_dict(params), "shard_dir": shard_dir, "threads": 1, "out": out},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD",
+                                               resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="ddp", storage_path=str(Path(out).parent / "storage")))
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    print("HISTORY", state["history"])  # already JSON
+""")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short folder of its own: Ray's socket paths under it must stay < 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="rt2n-"))
+    c = TwoNodeCluster(root)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not [ns for ns in (c.head_ns, c.worker_ns)
+                    if ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout]
+
+
+def test_ddp_all_reduces_across_two_nodes(cluster, tiny_shards, tmp_path):
+    (tmp_path / "driver.py").write_text(DDP_DRIVER)
+    out = tmp_path / "gathered.json"
+    r = cluster.run([sys.executable, str(tmp_path / "driver.py"), f"{HEAD_IP}:6379", str(tiny_shards), str(out)],
+                    cwd=tmp_path, timeout=300, extra_env={"PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    # one rank on each node, and gloo's all-gather carried both addresses to rank 0
+    assert json.loads(out.read_text()) == [float(HEAD_IP.rsplit(".")[-1]), float(WORKER_IP.rsplit(".")[-1])]
+    history = json.loads(r.stdout.split("HISTORY", 1)[1].strip())
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_submit_runs_dvc_repro_on_the_cluster_and_brings_outputs_back(cluster, tmp_path, mnist_dir):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("pipeline", "stages"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, repo)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # Raw MNIST from a path both nodes see (the shared-storage route; a user without one
+    # would `--include data/raw`); checkpoints on a path both nodes can write.
+    params["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=600)
+    params["model"].update(experts=3, hidden=32, latent_dim=4)
+    params["train"].update(epochs=1, batch_size=50, num_workers=2, storage_path=str(tmp_path / "shared"))
+    params["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    git = "git init -q && git config user.email t@t && git config user.name t && dvc init -q && git add -A && git commit -qm init"
+    subprocess.run(git, shell=True, cwd=repo, check=True, env=cluster.env, capture_output=True)
+
+    nfs = tmp_path / "nfs"  # stands in for a mount every node has (same machine here)
+    r = cluster.run([sys.executable, "-m", "pipeline.submit", "--address", "http://127.0.0.1:8265",
+                     "--python", sys.executable, "--shared-dir", str(nfs)], cwd=repo, timeout=600)
+    assert r.returncode == 0, f"{r.stdout[-5000:]}\n{r.stderr[-3000:]}"
+    assert f"in {nfs}/moe-vae-" in r.stdout and not list(nfs.iterdir())  # ran there, then tidied
+    assert "2 worker(s)" in r.stdout  # 1 CPU per node: the two DDP ranks span both nodes
+    assert "@@moe-vae-outs" not in r.stdout  # the bundle is parsed, not echoed
+
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 0 <= metrics["cluster_accuracy"] <= 1
+    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 1
+    assert (repo / "models/model.pt").stat().st_size > 0
+    assert (repo / "plots/evaluate/confusion.png").stat().st_size > 0
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert {"prepare", "train", "evaluate"} <= set(lock["stages"])
+    assert not list(repo.glob(".submit-*"))  # the unpacking folder is gone
+    diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], cwd=repo,
+                          env=cluster.env, capture_output=True, text=True)
+    assert "cluster_accuracy" in diff.stdout, diff.stderr  # DVC sees the cluster's metrics as new
