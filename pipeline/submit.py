@@ -40,7 +40,7 @@ import yaml
 
 MARK = "@@moe-vae-outs"
 CHUNK = 4096  # base64 characters per log line
-DEFAULT_OUTS = ["metrics", "plots", "models", "dvc.lock"]
+DEFAULT_OUTS = ["metrics", "plots", "models", "compare", "sweep", "dvc.lock"]
 
 
 class SubmitError(RuntimeError):
@@ -48,14 +48,29 @@ class SubmitError(RuntimeError):
 
 
 def declared_outputs(dvc_yaml: Path) -> List[str]:
-    """Every outs/metrics/plots path of every stage in dvc.yaml (plain stages only)."""
+    """Every outs/metrics/plots path of every stage in dvc.yaml; a `foreach` stage is
+    expanded over its list (given inline or as `${section.key}` of params.yaml)."""
     doc = yaml.safe_load(dvc_yaml.read_text()) or {}
     paths = []
     for stage in (doc.get("stages") or {}).values():
-        for field in ("outs", "metrics", "plots"):
-            for entry in stage.get(field) or []:
-                paths.append(entry if isinstance(entry, str) else next(iter(entry)))
+        items, body = [None], stage
+        if "foreach" in stage:
+            items, body = _foreach_items(stage["foreach"], dvc_yaml.parent), stage.get("do") or {}
+        for item in items:
+            for field in ("outs", "metrics", "plots"):
+                for entry in body.get(field) or []:
+                    path = entry if isinstance(entry, str) else next(iter(entry))
+                    paths.append(path if item is None else path.replace("${item}", str(item)))
     return paths
+
+
+def _foreach_items(spec, root: Path) -> list:
+    if isinstance(spec, str) and spec.startswith("${") and spec.endswith("}"):
+        value = yaml.safe_load((root / "params.yaml").read_text()) or {}
+        for key in spec[2:-1].split("."):
+            value = value[key]
+        spec = value
+    return list(spec)
 
 
 def selected(paths: Iterable[str], prefixes: Iterable[str]) -> List[str]:

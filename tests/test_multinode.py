@@ -103,7 +103,8 @@ def test_submit_runs_dvc_repro_on_the_cluster_and_brings_outputs_back(cluster, t
 
     nfs = tmp_path / "nfs"  # stands in for a mount every node has (same machine here)
     r = cluster.run([sys.executable, "-m", "pipeline.submit", "--address", "http://127.0.0.1:8265",
-                     "--python", sys.executable, "--shared-dir", str(nfs)], cwd=repo, timeout=600)
+                     "--python", sys.executable, "--shared-dir", str(nfs), "--", "dvc", "repro",
+                     "evaluate"], cwd=repo, timeout=600)  # the main model; compare/tune alike
     assert r.returncode == 0, f"{r.stdout[-5000:]}\n{r.stderr[-3000:]}"
     assert f"in {nfs}/moe-vae-" in r.stdout and not list(nfs.iterdir())  # ran there, then tidied
     assert "2 worker(s)" in r.stdout  # 1 CPU per node: the two DDP ranks span both nodes

@@ -5,6 +5,7 @@ import subprocess
 import tarfile
 
 import pytest
+import yaml
 
 from pipeline import storage
 from pipeline.submit import (SubmitError, declared_outputs, from_log, log_frames, pack, selected,
@@ -13,9 +14,14 @@ from tests.conftest import ROOT
 
 
 def test_declared_outputs_of_the_project_pipeline():
-    outs = selected(declared_outputs(ROOT / "dvc.yaml"), ["metrics", "plots", "models"])
-    assert set(outs) == {"models/model.pt", "metrics/train.json", "plots/train/curves.csv",
-                         "metrics/evaluate.json", "plots/evaluate"}
+    outs = selected(declared_outputs(ROOT / "dvc.yaml"), ["metrics", "plots", "models", "compare"])
+    assert {"models/model.pt", "metrics/train.json", "plots/train/curves.csv",
+            "metrics/evaluate.json", "plots/evaluate", "compare/table.md"} <= set(outs)
+    assert "data/shards" not in outs and not [p for p in outs if "${" in p]
+    # foreach stages are expanded over compare.kinds from params.yaml
+    kinds = yaml.safe_load((ROOT / "params.yaml").read_text())["compare"]["kinds"]
+    assert {f"models/compare/{k}.pt" for k in kinds} <= set(outs)
+    assert {f"metrics/compare/{k}/evaluate.json" for k in kinds} <= set(outs)
 
 
 def test_bundle_round_trip_replaces_outputs_and_survives_the_log(tmp_path):
