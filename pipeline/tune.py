@@ -28,8 +28,8 @@ from pipeline.cli import log as console
 from pipeline.config import ConfigError, Params, to_dict
 from pipeline.data import DataError, load_split, read_manifest
 from pipeline.train import STATE_FILE, TrainError, train_epoch
-from pipeline.tune_space import (LABEL_METRICS, TUNE_METRICS, apply_overrides, param_space,
-                                 trial_count)
+from pipeline.tune_space import (LABEL_METRICS, TUNE_METRICS, param_space, trial_count,
+                                 trial_params)
 
 Log = Callable[[str], None]
 
@@ -84,7 +84,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     from pipeline.models import build_model, model_state
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # "Checkpoint created" per epoch
-    params = apply_overrides(setup.base, config)
+    params = trial_params(setup.base, config)
     tcfg = params.train
     torch.set_num_threads(setup.threads)
     device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")

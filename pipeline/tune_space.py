@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from pipeline.config import ConfigError, Params, _check, build, params_from_dict, to_dict
+from pipeline.config import (ConfigError, Params, _check, apply_overrides, build,
+                             params_from_dict, to_dict)
 
 # tune.metric -> the direction that is better. The label metrics are reported for every
 # trial but select only when tune.metric names them (see README "Sweeps").
@@ -59,23 +60,17 @@ def check_space(params: Params) -> None:
         kind, values = next(iter(spec.items()))
         # Ranges draw floats: try them as floats so an int key gets "use choice" now.
         for value in ([float(v) for v in values] if kind in ("loguniform", "uniform") else values):
-            section, _, name = key.partition(".")
-            raw = {**base, section: {**base[section], name: value}}
             try:
-                build(Params, raw, "")
+                build(Params, apply_overrides(base, {key: value}), "")
             except ConfigError as e:
                 hint = "; ranges draw floats, use choice for integers" if "wrong type" in str(e) else ""
                 raise ConfigError(f"params.yaml: tune.space.{key} value {value!r} is rejected: "
                                   f"{str(e).removeprefix('params.yaml: ')}{hint}") from None
 
 
-def apply_overrides(base: dict, overrides: Dict[str, Any]) -> Params:
+def trial_params(base: dict, overrides: Dict[str, Any]) -> Params:
     """Params of one trial: the base params.yaml dict with dotted overrides applied."""
-    raw = {section: dict(values) if isinstance(values, dict) else values
-           for section, values in base.items()}
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        raw.setdefault(section, {})[key] = value
+    raw = apply_overrides(base, overrides)
     raw["tune"] = {**raw.get("tune", {}), "space": {}}  # checked once, before the sweep
     return params_from_dict(raw)
 
