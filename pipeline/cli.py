@@ -17,14 +17,24 @@ def parser(description: str, variants: bool = False) -> argparse.ArgumentParser:
     if variants:
         p.add_argument("--kind", help="run this model kind with compare.overrides applied "
                                       "(the compare stages); default: params as they are")
+        p.add_argument("--preset", help="run params/<PRESET>.yaml over params.yaml "
+                                        "(the results stages; see pipeline/presets.py)")
+        p.add_argument("--seed", type=int, default=0, help="train.seed of a --preset run")
     return p
 
 
 def load(args: argparse.Namespace):
-    """Validated Params for a stage, as the compare variant when --kind is given."""
+    """Validated Params for a stage: the compare variant with --kind, the preset run with
+    --preset, else params.yaml as it is."""
     from pipeline.config import compare_variant, load_params
 
     params = load_params(args.params)
+    if getattr(args, "kind", None) and getattr(args, "preset", None):
+        raise ConfigError("pass --kind (compare stages) or --preset (results stages), not both")
+    if getattr(args, "preset", None):
+        from pipeline.presets import preset_variant
+
+        return preset_variant(params, args.preset, args.seed)
     return compare_variant(params, args.kind) if getattr(args, "kind", None) else params
 
 

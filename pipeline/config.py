@@ -15,13 +15,8 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 import yaml
 
 
-class ConfigError(ValueError):
-    """A bad value in params.yaml; the message is meant to be shown as-is."""
-
-
-def _check(ok: bool, key: str, value: Any, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"params.yaml: {key}={value!r} is invalid; {fix}")
+from pipeline.checks import ConfigError, _check  # noqa: F401 (re-exported)
+from pipeline.config_runs import CompareConfig, ResultsConfig, TuneConfig
 
 
 @dataclass(frozen=True)
@@ -57,6 +52,16 @@ class ModelConfig:
     mmd_proposal_std: float = 0.2  # std of the N(f(x), s^2 I) proposal for log p(x) (mmd_vae)
     likelihood: str = "gaussian"  # gaussian (fixed std) | bernoulli (dynamic binarization)
     gaussian_std: float = 0.5  # std of the gaussian likelihood, on [0, 1] pixels
+    # moe_vae manager (pipeline/models/manager.py); the defaults are the seeds' manager
+    manager_encoder: Optional[str] = None  # mlp | conv; null = encoder
+    manager_hidden: Any = None  # list of hidden widths; null = [hidden], the experts' block
+    manager_activation: Optional[str] = None  # null = activation
+    manager_batchnorm: bool = False  # BatchNorm after each hidden layer (manager_hidden only)
+    entropy_weight: float = 0.0  # weight of H(Y|X): confident manager choices
+    marginal_entropy_weight: float = 0.0  # weight of -H(Y): balanced choices over the batch
+    consistency_weight: float = 0.0  # weight of KL(p(k|x) || p(k|x + r_adv)) (VAT)
+    consistency_eps: float = 1.5  # L2 norm of the adversarial perturbation r_adv
+    augment_weight: float = 0.0  # weight of KL(p(k|x) || p(k|random affine warp of x))
 
     def __post_init__(self):
         from pipeline.models import REGISTRY  # late import: models import this module
@@ -81,6 +86,26 @@ class ModelConfig:
                self.likelihood, "choose 'gaussian' or 'bernoulli'")
         _check(math.isfinite(self.gaussian_std) and self.gaussian_std > 0,
                "model.gaussian_std", self.gaussian_std, "use a number > 0")
+        self._check_manager(ACTIVATIONS)
+
+    def _check_manager(self, activations) -> None:
+        widths = self.manager_hidden
+        _check(widths is None or (isinstance(widths, (list, tuple)) and len(widths) > 0 and all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)),
+            "model.manager_hidden", widths, "use null or a non-empty list of integers >= 1")
+        if widths is not None:
+            object.__setattr__(self, "manager_hidden", tuple(widths))
+        _check(self.manager_encoder in (None, "mlp", "conv"), "model.manager_encoder",
+               self.manager_encoder, "use null (= model.encoder), 'mlp' or 'conv'")
+        _check(self.manager_activation is None or self.manager_activation in activations,
+               "model.manager_activation", self.manager_activation,
+               f"use null or one of {sorted(activations)}")
+        for key in ("entropy_weight", "marginal_entropy_weight", "consistency_weight",
+                    "augment_weight"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value >= 0, f"model.{key}", value, "use a number >= 0")
+        _check(math.isfinite(self.consistency_eps) and self.consistency_eps > 0,
+               "model.consistency_eps", self.consistency_eps, "use a number > 0")
 
 
 @dataclass(frozen=True)
@@ -124,80 +149,6 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class CompareConfig:
-    kinds: Any = ("moe_vae", "vae", "mmd_vae", "gmm_vae")  # model kinds the compare stages run
-    overrides: Any = None  # {dotted.key: value} applied to every compared run (e.g. fewer epochs)
-
-    def __post_init__(self):
-        from pipeline.models import REGISTRY
-
-        kinds = self.kinds
-        _check(isinstance(kinds, (list, tuple)) and len(kinds) > 0 and len(set(kinds)) == len(kinds)
-               and all(k in REGISTRY for k in kinds), "compare.kinds", kinds,
-               f"use a non-empty list of distinct kinds from {sorted(REGISTRY)}")
-        object.__setattr__(self, "kinds", tuple(kinds))
-        over = {} if self.overrides is None else self.overrides
-        _check(isinstance(over, dict) and all(isinstance(k, str) and k.count(".") == 1 for k in over)
-               and "model.kind" not in over, "compare.overrides", self.overrides,
-               "use a mapping of 'section.key' to value (model.kind comes from compare.kinds)")
-        object.__setattr__(self, "overrides", dict(over))
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    # {"section.key": {loguniform|uniform: [lo, hi]} | {choice|grid: [v, ...]}}; any
-    # model.* or train.* key, applied to params.yaml like load_params(overrides=...).
-    space: Any = field(default_factory=lambda: {
-        "model.balancing_weight": {"loguniform": [0.01, 1.0]},
-        "model.latent_dim": {"choice": [8, 20]},
-        "model.experts": {"choice": [5, 10]}})
-    search: str = "random"  # random (choice sampled, grid crossed) | grid (every choice crossed)
-    scheduler: str = "asha"  # asha (early stopping on the per-epoch metric) | fifo
-    metric: str = "val_log_likelihood"  # selection and ASHA metric; see TUNE_METRICS
-    num_samples: int = 8  # random: trials drawn; grid: repeats of the whole grid
-    epochs: Optional[int] = 5  # per-trial epoch budget (ASHA max_t); null = train.epochs
-    grace_period: int = 1  # ASHA: epochs before a trial can be stopped
-    reduction_factor: int = 2  # ASHA: keep the best 1/eta at each rung
-    max_concurrent_trials: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # fractions share a GPU between trials
-    val_rows: int = 5000  # last rows of the train split, held out from every trial's training
-    val_iw_samples: int = 16  # importance samples per held-out image for val_log_likelihood
-    seed: int = 0  # seeds the search (which configurations are drawn)
-    max_failures: int = 0  # retries of a crashed trial (from its last checkpoint)
-
-    def __post_init__(self):
-        from pipeline.tune_space import TUNE_METRICS, check_dim  # late: it imports this module
-
-        _check(isinstance(self.space, dict), "tune.space", self.space,
-               "use a mapping {section.key: {loguniform: [lo, hi]} | {choice: [...]}}")
-        for key, spec in self.space.items():
-            check_dim(key, spec, self.search)
-        _check(self.search in ("random", "grid"), "tune.search", self.search,
-               "choose 'random' or 'grid'")
-        _check(self.scheduler in ("asha", "fifo"), "tune.scheduler", self.scheduler,
-               "choose 'asha' or 'fifo'")
-        _check(self.metric in TUNE_METRICS, "tune.metric", self.metric,
-               f"choose one of {sorted(TUNE_METRICS)}")
-        for name in ("num_samples", "grace_period", "max_concurrent_trials", "val_rows",
-                     "val_iw_samples"):
-            _check(getattr(self, name) >= 1, f"tune.{name}", getattr(self, name),
-                   "use an integer >= 1")
-        _check(self.epochs is None or self.epochs >= self.grace_period, "tune.epochs",
-               self.epochs, f"use null or an integer >= tune.grace_period={self.grace_period}")
-        _check(self.reduction_factor >= 2, "tune.reduction_factor", self.reduction_factor,
-               "use an integer >= 2")
-        _check(self.cpus_per_trial > 0, "tune.cpus_per_trial", self.cpus_per_trial,
-               "use a number > 0")
-        _check(self.gpus_per_trial >= 0 and (self.gpus_per_trial <= 1 or
-                                             float(self.gpus_per_trial).is_integer()),
-               "tune.gpus_per_trial", self.gpus_per_trial,
-               "use 0 (CPU), a fraction up to 1 (trials share a GPU) or a whole number")
-        _check(self.max_failures >= -1, "tune.max_failures", self.max_failures,
-               "use -1 (retry forever), 0 or a positive integer")
-
-
-@dataclass(frozen=True)
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -205,6 +156,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    results: ResultsConfig = field(default_factory=ResultsConfig)
 
     def __post_init__(self):
         if self.tune.space:

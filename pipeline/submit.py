@@ -24,6 +24,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import itertools
 import os
 import shlex
 import shutil
@@ -40,31 +41,47 @@ import yaml
 
 MARK = "@@moe-vae-outs"
 CHUNK = 4096  # base64 characters per log line
-DEFAULT_OUTS = ["metrics", "plots", "models", "compare", "sweep", "dvc.lock"]
+DEFAULT_OUTS = ["metrics", "plots", "models", "compare", "sweep", "results", "dvc.lock"]
+PIPELINES = ["dvc.yaml", "results/dvc.yaml"]  # every dvc.yaml whose outputs can come back
 
 
 class SubmitError(RuntimeError):
     """One-line reason a submission failed."""
 
 
-def declared_outputs(dvc_yaml: Path) -> List[str]:
-    """Every outs/metrics/plots path of every stage in dvc.yaml; a `foreach` stage is
-    expanded over its list (given inline or as `${section.key}` of params.yaml)."""
+def declared_outputs(dvc_yaml: Path, root: Optional[Path] = None) -> List[str]:
+    """Every outs/metrics/plots path of every stage in dvc_yaml, relative to the project
+    `root` (default: dvc_yaml's folder; a stage's `wdir` is honoured). `foreach` stages
+    are expanded over their list and `matrix` stages over every combination, each given
+    inline or as `${section.key}` of the project's params.yaml."""
+    root = Path(root or dvc_yaml.parent)
     doc = yaml.safe_load(dvc_yaml.read_text()) or {}
     paths = []
     for stage in (doc.get("stages") or {}).values():
         items, body = [None], stage
         if "foreach" in stage:
-            items, body = _foreach_items(stage["foreach"], dvc_yaml.parent), stage.get("do") or {}
+            items, body = _list(stage["foreach"], root), stage.get("do") or {}
+        elif "matrix" in stage:
+            axes = {k: _list(v, root) for k, v in stage["matrix"].items()}
+            items = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+        wdir = (dvc_yaml.parent / body.get("wdir", ".")).resolve().relative_to(root.resolve())
         for item in items:
             for field in ("outs", "metrics", "plots"):
                 for entry in body.get(field) or []:
-                    path = entry if isinstance(entry, str) else next(iter(entry))
-                    paths.append(path if item is None else path.replace("${item}", str(item)))
+                    path = _substitute(entry if isinstance(entry, str) else next(iter(entry)), item)
+                    paths.append((wdir / path).as_posix())
     return paths
 
 
-def _foreach_items(spec, root: Path) -> list:
+def _substitute(path: str, item) -> str:
+    if isinstance(item, dict):
+        for key, value in item.items():
+            path = path.replace("${item.%s}" % key, str(value))
+        return path
+    return path if item is None else path.replace("${item}", str(item))
+
+
+def _list(spec, root: Path) -> list:
     if isinstance(spec, str) and spec.startswith("${") and spec.endswith("}"):
         value = yaml.safe_load((root / "params.yaml").read_text()) or {}
         for key in spec[2:-1].split("."):
@@ -88,7 +105,7 @@ def pack(root: Path, paths: Iterable[str]) -> bytes:
 
 
 def unpack(data: bytes, workspace: Path) -> List[str]:
-    """Replace each packed output in `workspace` atomically; dvc.lock goes last."""
+    """Replace each packed output in `workspace` atomically; the dvc.lock files go last."""
     from pipeline.io import atomic_path
 
     with tempfile.TemporaryDirectory(dir=workspace, prefix=".submit-") as tmp:
@@ -98,7 +115,7 @@ def unpack(data: bytes, workspace: Path) -> List[str]:
             tops = [m.name for m in tar.getmembers()
                     if not any(m.name.startswith(o.name + "/") for o in tar.getmembers() if o.isdir())]
         written = []
-        for rel in sorted(tops, key=lambda r: r == "dvc.lock"):
+        for rel in sorted(tops, key=lambda r: Path(r).name == "dvc.lock"):
             with atomic_path(workspace / rel) as dest:
                 shutil.move(Path(tmp) / rel, dest)
             written.append(rel)
@@ -147,8 +164,10 @@ def remote(args: argparse.Namespace) -> int:
     if rc != 0:
         print(f"submit: the command exited with {rc}; no outputs published", flush=True)
         return rc
-    outs = selected(declared_outputs(root / "dvc.yaml"), args.outs) + \
-        [p for p in args.outs if p == "dvc.lock"]
+    declared = [p for name in PIPELINES if (root / name).exists()
+                for p in declared_outputs(root / name, root)]
+    locks = [str(Path(name).with_name("dvc.lock")) for name in PIPELINES]
+    outs = selected(declared, args.outs) + [p for p in locks if "dvc.lock" in args.outs]
     outs = [p for p in outs if (root / p).exists()]
     data = pack(root, outs)
     if args.results:

@@ -27,7 +27,7 @@ import torch
 from pipeline.cli import log as console
 from pipeline.config import ConfigError, Params, to_dict
 from pipeline.data import DataError, load_split, read_manifest
-from pipeline.train import STATE_FILE, TrainError, train_epoch
+from pipeline.train import TrainError, load_state, make_optimizer, save_state, train_epoch
 from pipeline.tune_space import (LABEL_METRICS, TUNE_METRICS, param_space, trial_count,
                                  trial_params)
 
@@ -81,7 +81,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune
 
     from pipeline.evaluate import prepare_test
-    from pipeline.models import build_model, model_state
+    from pipeline.models import build_model
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # "Checkpoint created" per epoch
     params = trial_params(setup.base, config)
@@ -95,17 +95,13 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
     torch.manual_seed(tcfg.seed)
     model = build_model(params.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    opt = make_optimizer(model, tcfg.lr)
     x_val = prepare_test(model, data.pixels[n_train:], params.evaluate.seed).to(device)
     labels_val = data.labels[n_train:]
     start = 0
     ckpt = tune.get_checkpoint()
     if ckpt:  # a resumed sweep continues this trial after its last finished epoch
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"]["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"]
+        start = load_state(ckpt, model, opt, device)["epoch"]
     for epoch in range(start, setup.epochs):
         t0 = time.perf_counter()
         parts = train_epoch(model, model, opt, pixels, tcfg.batch_size, steps, epoch, tcfg.seed,
@@ -115,8 +111,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         row = {"epoch": epoch + 1, **parts, **val, "seconds": seconds,
                "images_per_s": steps * tcfg.batch_size / seconds}
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": model_state(model), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1}, Path(d) / STATE_FILE)
+            save_state(d, model, opt, epoch + 1)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
 

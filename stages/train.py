@@ -35,6 +35,7 @@ def main() -> None:
         "epochs": last["epoch"],
         "train_seconds": sum(r["seconds"] for r in history),
         "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
+        "hardware": state.get("hardware", "unknown"),
     })
     kept = delete_tree(state["run_dir"])  # finished: nothing left to resume
     if kept:

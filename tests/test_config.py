@@ -42,6 +42,15 @@ def test_every_param_key_is_documented_in_readme():
     ({"compare": {"kinds": ["vae", "vae"]}}, "compare.kinds=['vae', 'vae']"),
     ({"compare": {"kinds": ["gan"]}}, "compare.kinds=['gan']"),
     ({"compare": {"overrides": {"model.kind": "vae"}}}, "compare.overrides="),
+    ({"model": {"manager_hidden": [0]}}, "model.manager_hidden=[0]"),
+    ({"model": {"manager_hidden": 128}}, "model.manager_hidden=128"),
+    ({"model": {"manager_activation": "gelu"}}, "model.manager_activation='gelu'"),
+    ({"model": {"consistency_weight": -1}}, "model.consistency_weight=-1.0"),
+    ({"model": {"consistency_eps": 0}}, "model.consistency_eps=0.0"),
+    ({"results": {"presets": []}}, "results.presets=[]"),
+    ({"results": {"presets": ["../etc"]}}, "results.presets=['../etc']"),
+    ({"results": {"seeds": [0, 0]}}, "results.seeds=[0, 0]"),
+    ({"results": {"overrides": {"epochs": 3}}}, "results.overrides="),
 ])
 def test_bad_values_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as e:
@@ -75,3 +84,15 @@ def test_compare_variant_applies_overrides_and_kind():
     typo = params_from_dict({"compare": {"overrides": {"train.epoch": 3}}})
     with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
         compare_variant(typo, "vae")
+
+
+def test_train_stage_depends_on_every_model_and_train_key():
+    """A key missing from dvc.yaml would change the model without rerunning `train`."""
+    import dataclasses
+
+    from pipeline.config import ModelConfig, TrainConfig
+
+    listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
+    want = {f"{section}.{f.name}" for section, cls in (("model", ModelConfig), ("train", TrainConfig))
+            for f in dataclasses.fields(cls)}
+    assert want <= listed, f"dvc.yaml train stage lacks {sorted(want - listed)}"

@@ -83,3 +83,29 @@ def test_repro_metrics_noop_and_diff(repo):
     assert (bw["old"], bw["new"]) == (0.1, 1.0)
     sh("dvc plots show -o plots_html", repo)
     assert (repo / "plots_html" / "index.html").exists()
+
+
+def test_results_pipeline_fills_the_readme_table(repo):
+    """results/dvc.yaml: a preset over two seeds -> table.md, pasted into README.md."""
+    shutil.copytree(ROOT / "results", repo / "results", ignore=shutil.ignore_patterns("runs", "table.*"))
+    (repo / "params").mkdir()
+    (repo / "params" / "tiny.yaml").write_text(yaml.safe_dump({
+        "description": "tiny IMSAT manager", "overrides": {
+            "model.likelihood": "bernoulli", "model.manager_hidden": [16],
+            "model.entropy_weight": 1.0, "model.marginal_entropy_weight": 4.0,
+            "model.consistency_weight": 1.0, "model.augment_weight": 1.0}}))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["results"] = {"presets": ["tiny"], "seeds": [0, 1], "overrides": {"train.epochs": 1}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "README.md").write_text("# x\n<!-- results-table:begin -->\n<!-- results-table:end -->\n")
+    sh("git add -A && git commit -qm results", repo)
+    out = sh("dvc repro results/dvc.yaml", repo)
+    assert "Running stage 'prepare'" in out and "Running stage 'train'" not in out  # own runs only
+    table = (repo / "results/table.md").read_text()
+    assert "| tiny | moe_vae | tiny IMSAT manager |" in table and "(n=2)" in table
+    assert table in (repo / "README.md").read_text()
+    for seed in (0, 1):
+        train = json.loads((repo / f"results/runs/tiny/seed{seed}/train.json").read_text())
+        assert train["epochs"] == 1 and "worker" in train["hardware"]
+        assert "manager_loss" in train["final"]
+    assert "Data and pipelines are up to date" in sh("dvc status results/dvc.yaml", repo)

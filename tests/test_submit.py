@@ -24,6 +24,16 @@ def test_declared_outputs_of_the_project_pipeline():
     assert {f"metrics/compare/{k}/evaluate.json" for k in kinds} <= set(outs)
 
 
+def test_declared_outputs_of_the_results_pipeline_expand_its_matrix():
+    outs = declared_outputs(ROOT / "results/dvc.yaml", ROOT)  # wdir: .. -> paths from the root
+    results = yaml.safe_load((ROOT / "params.yaml").read_text())["results"]
+    for preset in results["presets"]:
+        for seed in results["seeds"]:
+            assert f"models/results/{preset}/seed{seed}.pt" in outs
+            assert f"results/runs/{preset}/seed{seed}/evaluate.json" in outs
+    assert "results/table.md" in outs and not [p for p in outs if "${" in p or ".." in p]
+
+
 def test_bundle_round_trip_replaces_outputs_and_survives_the_log(tmp_path):
     cluster, ws = tmp_path / "cluster", tmp_path / "ws"
     (cluster / "plots/evaluate").mkdir(parents=True)

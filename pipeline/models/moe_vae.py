@@ -22,13 +22,14 @@ from pipeline.config import ModelConfig
 from pipeline.losses import balancing_loss, kl_std_normal, log_normal, log_std_normal
 from pipeline.models.base import GenerativeModel
 from pipeline.models.blocks import decoder, encoder
+from pipeline.models.manager import build_manager, manager_terms
 
 
 class MoEVAE(GenerativeModel):
     def __init__(self, cfg: ModelConfig, n_pixels: int = 784):
         super().__init__(cfg, n_pixels)
         k = cfg.experts
-        self.manager = encoder(1, cfg, n_pixels, k)  # the same block type as the experts
+        self.manager = build_manager(cfg, n_pixels)  # (B, D) -> (1, B, K)
         self.encoders = encoder(k, cfg, n_pixels, 2 * cfg.latent_dim)
         self.decoders = decoder(k, cfg, n_pixels)
 
@@ -47,7 +48,8 @@ class MoEVAE(GenerativeModel):
         return F.softmax(self.manager_logits(x), dim=-1)  # (B, K)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        probs = self.cluster_probs(x)  # (B, K)
+        logits = self.manager_logits(x)  # (B, K)
+        probs = F.softmax(logits, dim=-1)
         mu, logvar = self.encode(x)  # (K, B, L)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         log_px_z = self.likelihood.log_prob(x, self.decode(z))  # (K, B)
@@ -55,11 +57,13 @@ class MoEVAE(GenerativeModel):
         expert_loss = kl - log_px_z  # (K, B): negative ELBO of each expert
         expected = (probs * expert_loss.t()).sum(1).mean()
         balancing = balancing_loss(probs)
+        extra = manager_terms(self.cfg, self.manager_logits, x, logits, probs)
         return {
-            "loss": expected + self.cfg.balancing_weight * balancing,
+            "loss": expected + self.cfg.balancing_weight * balancing + extra.get("manager_loss", 0.0),
             "expected_expert_loss": expected,
             "balancing_loss": balancing,
             "kl": (probs * kl.t()).sum(1).mean(),
+            **extra,
         }
 
     @torch.no_grad()

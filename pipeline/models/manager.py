@@ -1,0 +1,128 @@
+"""The MoE-VAE's manager network and the label-free terms that can shape its choice.
+
+    p(k|x)  = softmax(manager(x))                                (B, K)
+    H(Y|X)  = mean_b H(p(.|x_b))          conditional entropy: low means confident choices
+    H(Y)    = H(mean_b p(.|x_b))          marginal entropy over the global batch: high = balanced
+    R_sat   = mean_b KL(p(.|x_b) || p(.|x_b + r_b))              self-augmentation (VAT)
+              r_b = eps * g_b / |g_b|,  g = grad_d KL(p(.|x) || p(.|x + xi d)),  d ~ N(0, I)
+    R_aug   = mean_b KL(p(.|x_b) || p(.|A_b x_b))     A_b a random small affine warp
+    manager_loss = entropy_weight * H(Y|X) - marginal_entropy_weight * H(Y)
+                   + consistency_weight * R_sat + augment_weight * R_aug
+
+With weights (lambda, mu * lambda, 1) this is IMSAT's objective (Hu et al., ICML 2017,
+"Learning Discrete Representations via Information Maximizing Self-Augmented Training"),
+here added to the MoE-VAE's expected expert loss. Every weight defaults to 0: the seeds'
+manager (one hidden layer, no extra terms) stays one param file away.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.losses import global_batch_sum
+from pipeline.models.blocks import ACTIVATION_MODULES, ConvEncoder, encoder
+
+VAT_XI = 10.0  # finite-difference step of the power iteration (IMSAT's value, L2 on [0,1] pixels)
+# R_aug's warp: rotation, isotropic scale and shift drawn uniformly per image, within
+AUG_ROTATE_DEG, AUG_SCALE, AUG_SHIFT_PX = 12.0, 0.1, 2.0
+
+
+class ManagerMLP(nn.Module):
+    """Linear layers, optional BatchNorm, activation: (B, D) -> (1, B, K) like the encoders."""
+
+    def __init__(self, sizes: Sequence[int], activation: str, batchnorm: bool):
+        super().__init__()
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                if batchnorm:
+                    layers.append(nn.BatchNorm1d(b))
+                layers.append(ACTIVATION_MODULES[activation]())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[None]
+
+
+def build_manager(cfg, n_pixels: int) -> nn.Module:
+    """(B, D) -> (1, B, K) logits. By default the seeds' manager: the experts' block type
+    (model.encoder) with one `hidden` layer; model.manager_* change its architecture."""
+    act = cfg.manager_activation or cfg.activation
+    widths = list(cfg.manager_hidden or [cfg.hidden])
+    if (cfg.manager_encoder or cfg.encoder) == "conv":  # convs, then an MLP head of widths[0]
+        return ConvEncoder(1, cfg.conv_channels, widths[0], cfg.experts, act)
+    if cfg.manager_hidden is None and act == cfg.activation and not cfg.manager_batchnorm:
+        return encoder(1, cfg, n_pixels, cfg.experts)
+    return ManagerMLP([n_pixels, *widths, cfg.experts], act, cfg.manager_batchnorm)
+
+
+def conditional_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """mean_b H(softmax(logits_b)) for (B, K) logits."""
+    log_p = F.log_softmax(logits, -1)
+    return -(log_p.exp() * log_p).sum(-1).mean()
+
+
+def marginal_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """H(mean_b p_b) over the global batch (all DDP ranks), differentiably."""
+    usage = global_batch_sum(probs)  # (K,)
+    p_bar = usage / usage.sum()
+    return -(p_bar * torch.log(p_bar.clamp_min(1e-12))).sum()
+
+
+def _kl_from(log_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """mean_b KL(p_b || q_b) with p fixed (detached log-probs) and q = softmax(logits_q)."""
+    return (log_p.exp() * (log_p - F.log_softmax(logits_q, -1))).sum(-1).mean()
+
+
+def _unit(d: torch.Tensor) -> torch.Tensor:
+    return d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (d.dim() - 1))
+
+
+def vat_loss(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+             logits: torch.Tensor, eps: float) -> torch.Tensor:
+    """Virtual adversarial loss of logits-function f at x (B, D): one power iteration finds
+    the direction r (|r| = eps) that changes p(.|x) the most; the loss is KL(p(x) || p(x + r))."""
+    log_p = F.log_softmax(logits.detach(), -1)
+    d = (VAT_XI * _unit(torch.randn_like(x))).requires_grad_()
+    grad, = torch.autograd.grad(_kl_from(log_p, f(x + d)), d)
+    return _kl_from(log_p, f(x + eps * _unit(grad)))
+
+
+def random_affine(x: torch.Tensor, side: int = 28) -> torch.Tensor:
+    """(B, side*side) images, each warped by its own random rotation, scale and shift."""
+    b = x.shape[0]
+    u = torch.rand(b, 4, device=x.device) * 2 - 1  # (B, 4) in [-1, 1]
+    angle, scale = u[:, 0] * math.radians(AUG_ROTATE_DEG), 1 + u[:, 1] * AUG_SCALE
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    shift = u[:, 2:] * AUG_SHIFT_PX * 2 / side  # pixels -> affine_grid's [-1, 1] units
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, [b, 1, side, side], align_corners=False)
+    return F.grid_sample(x.view(b, 1, side, side), grid, align_corners=False).view(b, -1)
+
+
+def manager_terms(cfg, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  logits: torch.Tensor, probs: torch.Tensor) -> dict:
+    """The weighted manager terms that are switched on, and their sum under 'manager_loss'."""
+    parts, total = {}, torch.zeros((), device=x.device)
+    if cfg.entropy_weight > 0:
+        parts["conditional_entropy"] = conditional_entropy(logits)
+        total = total + cfg.entropy_weight * parts["conditional_entropy"]
+    if cfg.marginal_entropy_weight > 0:
+        parts["marginal_entropy"] = marginal_entropy(probs)
+        total = total - cfg.marginal_entropy_weight * parts["marginal_entropy"]
+    if cfg.consistency_weight > 0:
+        parts["consistency"] = vat_loss(f, x, logits, cfg.consistency_eps)
+        total = total + cfg.consistency_weight * parts["consistency"]
+    if cfg.augment_weight > 0:
+        parts["augment_consistency"] = _kl_from(F.log_softmax(logits.detach(), -1),
+                                                f(random_affine(x)))
+        total = total + cfg.augment_weight * parts["augment_consistency"]
+    if parts:
+        parts["manager_loss"] = total
+    return parts

@@ -1,0 +1,110 @@
+"""The MoE-VAE manager's label-free terms (IMSAT): values, gradients, the seeds' default."""
+import math
+
+import pytest
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.models import build_model
+from pipeline.models.blocks import BatchedMLP
+from pipeline.models.manager import (ManagerMLP, conditional_entropy, marginal_entropy,
+                                     random_affine, vat_loss)
+
+IMSAT = dict(manager_hidden=[16, 16], manager_activation="relu", manager_batchnorm=True,
+             entropy_weight=1.0, marginal_entropy_weight=4.0, consistency_weight=1.0,
+             augment_weight=2.0)
+
+
+def small(**kw):
+    return ModelConfig(experts=3, latent_dim=4, hidden=32, **kw)
+
+
+def test_seed_manager_is_the_experts_block_and_adds_no_terms():
+    torch.manual_seed(0)
+    model = build_model(small())
+    assert isinstance(model.manager, BatchedMLP)
+    parts = model(torch.rand(8, 784))
+    assert set(parts) == {"loss", "expected_expert_loss", "balancing_loss", "kl"}
+
+
+def test_manager_architecture_params():
+    from pipeline.models.blocks import ConvEncoder
+
+    conv = build_model(small(manager_encoder="conv", conv_channels=4, manager_activation="relu"))
+    assert isinstance(conv.manager, ConvEncoder) and isinstance(conv.encoders, BatchedMLP)
+    assert isinstance(conv.manager.convs[1], torch.nn.ReLU)
+    assert conv.manager_logits(torch.rand(5, 784)).shape == (5, 3)
+    seed_conv = build_model(small(encoder="conv", conv_channels=4))  # the seeds' conv manager
+    assert isinstance(seed_conv.manager, ConvEncoder)
+    mlp = build_model(small(manager_hidden=[7, 5], manager_batchnorm=True))
+    widths = [m.out_features for m in mlp.manager.net if isinstance(m, torch.nn.Linear)]
+    assert widths == [7, 5, 3]
+
+
+def test_entropies_match_closed_forms():
+    uniform = torch.zeros(5, 4)  # logits of p = 1/4 everywhere
+    assert conditional_entropy(uniform).item() == pytest.approx(math.log(4))
+    one_hot = torch.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3]] * 50  # confident and balanced
+    assert conditional_entropy(one_hot).item() == pytest.approx(0, abs=1e-6)
+    assert marginal_entropy(torch.softmax(one_hot, -1)).item() == pytest.approx(math.log(4), abs=1e-6)
+    collapsed = torch.softmax(torch.eye(4)[[0] * 8] * 50, -1)
+    assert marginal_entropy(collapsed).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_vat_is_zero_for_a_constant_classifier_and_positive_otherwise():
+    torch.manual_seed(0)
+    x = torch.rand(16, 784)
+    const = lambda v: torch.zeros(v.shape[0], 3) + 0 * v.sum(1, keepdim=True)  # noqa: E731
+    assert vat_loss(const, x, const(x), eps=1.0).item() == pytest.approx(0, abs=1e-7)
+    net = ManagerMLP([784, 32, 3], "relu", batchnorm=False)
+    f = lambda v: net(v)[0]  # noqa: E731
+    small_r, big_r = (vat_loss(f, x, f(x), eps=e).item() for e in (0.1, 3.0))
+    assert 0 < small_r < big_r
+
+
+def test_manager_terms_train_only_the_manager():
+    torch.manual_seed(0)
+    cfg = small(**IMSAT)
+    model = build_model(cfg)
+    assert isinstance(model.manager, ManagerMLP)
+    x = torch.rand(8, 784)
+    parts = model(x)
+    for key in ("conditional_entropy", "marginal_entropy", "consistency", "augment_consistency",
+                "manager_loss"):
+        assert torch.isfinite(parts[key])
+    want = (parts["conditional_entropy"] - 4 * parts["marginal_entropy"] + parts["consistency"]
+            + 2 * parts["augment_consistency"])
+    assert parts["manager_loss"].item() == pytest.approx(want.item(), rel=1e-5)
+    model.zero_grad()
+    parts["manager_loss"].backward()
+    expert_grads = [p.grad for n, p in model.named_parameters() if not n.startswith("manager.")]
+    assert all(g is None or g.abs().max() == 0 for g in expert_grads)
+    assert any(p.grad.abs().max() > 0 for p in model.manager.parameters())
+
+
+def test_imsat_manager_lowers_its_terms():
+    torch.manual_seed(0)
+    model = build_model(small(**IMSAT))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.rand(64, 784)
+
+    def information(parts):  # the deterministic part: H(Y|X) - 4 H(Y)
+        return (parts["conditional_entropy"] - 4 * parts["marginal_entropy"]).item()
+
+    first = information(model(x))
+    for _ in range(30):
+        opt.zero_grad()
+        model(x)["manager_loss"].backward()
+        opt.step()
+    assert information(model(x)) < first - 0.2  # the optimum is -4 log 3 = -4.39
+
+
+def test_random_affine_moves_a_digit_a_little_and_keeps_its_ink():
+    torch.manual_seed(0)
+    img = torch.zeros(64, 28, 28)
+    img[:, 8:20, 12:16] = 1.0  # a bar in the middle, like a "1"
+    warped = random_affine(img.view(64, -1)).view(64, 28, 28)
+    ink = warped.sum((1, 2)) / img.sum((1, 2))
+    assert ((ink > 0.75) & (ink < 1.3)).all()  # scale within +-10% -> area within ~+-20%
+    assert warped[:, :3].sum() == 0 and warped[:, -3:].sum() == 0  # shift <= 2 px, rotation 12 deg
+    assert not torch.allclose(warped[0], warped[1])  # one draw per image
