@@ -120,7 +120,8 @@ def main() -> None:
     for k, t in med.items():
         print(f"{k:10s} {t * 1e3:7.2f} ms/step  {args.batch / t:8.0f} img/s  {flops / t / 1e9:6.1f} GFLOP/s")
     print(f"speed-up batched/loop: {med['loop'] / med['batched']:.2f}x, batched/loop+fused: "
-          f"{med['loop+fused'] / med['batched']:.2f}x   (model {flops / args.batch / 1e6:.1f} MFLOP/sample/step; matmul peak {peak:.0f} GFLOP/s, "
+          f"{med['loop+fused'] / med['batched']:.2f}x   (model {flops / args.batch / 1e6:.1f} "
+          f"MFLOP/sample/step; matmul peak {peak:.0f} GFLOP/s, "
           f"batched reaches {flops / med['batched'] / 1e9 / peak:.0%} of it)")
 
 

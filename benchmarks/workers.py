@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import apply_overrides, load_params, params_from_dict, to_dict  # noqa: E402
-from pipeline.presets import preset_variant  # noqa: E402
 from pipeline.data import write_shards  # noqa: E402
+from pipeline.presets import preset_variant  # noqa: E402
 
 
 def main() -> None:

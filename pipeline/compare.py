@@ -21,17 +21,24 @@ COLUMNS = [
 ]
 
 
+def read_run_metrics(run_dir: Path, how: str) -> Dict[str, dict]:
+    """{"train": ..., "evaluate": ...} from one run's train.json and evaluate.json; a missing
+    file is a DataError that says `how` to make it."""
+    found = {}
+    for source in ("train", "evaluate"):
+        path = Path(run_dir) / f"{source}.json"
+        if not path.exists():
+            raise DataError(f"{path} is missing; {how}")
+        found[source] = json.loads(path.read_text())
+    return found
+
+
 def comparison_rows(metrics_dir: Path, kinds: Sequence[str]) -> List[Dict]:
     """Read metrics_dir/<kind>/{train,evaluate}.json for every kind into table rows."""
     rows = []
     for kind in kinds:
-        found = {}
-        for source in ("train", "evaluate"):
-            path = Path(metrics_dir) / kind / f"{source}.json"
-            if not path.exists():
-                raise DataError(f"{path} is missing; run `dvc repro compare` (it trains and "
-                                f"evaluates every kind in compare.kinds first)")
-            found[source] = json.loads(path.read_text())
+        found = read_run_metrics(Path(metrics_dir) / kind, "run `dvc repro compare` (it trains "
+                                 "and evaluates every kind in compare.kinds first)")
         rows.append({col: kind if src is None else found[src][key] for col, src, key, _ in COLUMNS})
     return rows
 

@@ -7,12 +7,12 @@ between the two marker lines, never by hand.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 
+from pipeline.compare import read_run_metrics
 from pipeline.config import Params
 from pipeline.data import DataError
 from pipeline.presets import load_preset, preset_path, preset_variant
@@ -24,21 +24,16 @@ def run_dir(runs_dir: Path, preset: str, seed: int) -> Path:
     return Path(runs_dir) / preset / f"seed{seed}"
 
 
-def _read(path: Path) -> dict:
-    if not path.exists():
-        raise DataError(f"{path} is missing; run `dvc repro results/dvc.yaml` (it trains and "
-                        f"evaluates every preset for every seed first)")
-    return json.loads(path.read_text())
-
-
 def results_rows(runs_dir: Path, params: Params) -> List[Dict]:
     """One row per preset, aggregated over results.seeds (population std)."""
     rows = []
     for preset in params.results.presets:
         description, _ = load_preset(preset_path(params, preset))
         model = preset_variant(params, preset, params.results.seeds[0]).model
-        runs = [(_read(run_dir(runs_dir, preset, s) / "train.json"),
-                 _read(run_dir(runs_dir, preset, s) / "evaluate.json")) for s in params.results.seeds]
+        runs = [(m["train"], m["evaluate"]) for m in (
+            read_run_metrics(run_dir(runs_dir, preset, s), "run `dvc repro results/dvc.yaml` (it "
+                             "trains and evaluates every preset for every seed first)")
+            for s in params.results.seeds)]
         acc = [e["cluster_accuracy"] for _, e in runs]
         nll = [-e["test_log_likelihood"] for _, e in runs]
         rows.append({

@@ -16,12 +16,15 @@ import torch.nn.functional as F
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
 
-def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Linear layers with `activation` between them (none after the last)."""
+def mlp(sizes: Sequence[int], activation: str, batchnorm: bool = False) -> nn.Sequential:
+    """Linear layers with `activation` (after BatchNorm, if asked) between them, none after
+    the last."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(b))
             layers.append(ACTIVATION_MODULES[activation]())
     return nn.Sequential(*layers)
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.losses import global_batch_sum
-from pipeline.models.blocks import ACTIVATION_MODULES, ConvEncoder, encoder
+from pipeline.models.blocks import ConvEncoder, encoder, mlp
 
 VAT_XI = 10.0  # finite-difference step of the power iteration (IMSAT's value, L2 on [0,1] pixels)
 # R_aug's warp: rotation, isotropic scale and shift drawn uniformly per image, within
@@ -32,18 +32,11 @@ AUG_ROTATE_DEG, AUG_SCALE, AUG_SHIFT_PX = 12.0, 0.1, 2.0
 
 
 class ManagerMLP(nn.Module):
-    """Linear layers, optional BatchNorm, activation: (B, D) -> (1, B, K) like the encoders."""
+    """blocks.mlp (optionally with BatchNorm) as (B, D) -> (1, B, K), like the encoders."""
 
     def __init__(self, sizes: Sequence[int], activation: str, batchnorm: bool):
         super().__init__()
-        layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                if batchnorm:
-                    layers.append(nn.BatchNorm1d(b))
-                layers.append(ACTIVATION_MODULES[activation]())
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(sizes, activation, batchnorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[None]
@@ -84,10 +77,10 @@ def _unit(d: torch.Tensor) -> torch.Tensor:
 
 
 def vat_loss(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             logits: torch.Tensor, eps: float) -> torch.Tensor:
-    """Virtual adversarial loss of logits-function f at x (B, D): one power iteration finds
-    the direction r (|r| = eps) that changes p(.|x) the most; the loss is KL(p(x) || p(x + r))."""
-    log_p = F.log_softmax(logits.detach(), -1)
+             log_p: torch.Tensor, eps: float) -> torch.Tensor:
+    """Virtual adversarial loss of logits-function f at x (B, D), with log_p the detached
+    log p(.|x): one power iteration finds the direction r (|r| = eps) that changes p(.|x)
+    the most; the loss is KL(p(x) || p(x + r))."""
     d = (VAT_XI * _unit(torch.randn_like(x))).requires_grad_()
     grad, = torch.autograd.grad(_kl_from(log_p, f(x + d)), d)
     return _kl_from(log_p, f(x + eps * _unit(grad)))
@@ -110,6 +103,7 @@ def manager_terms(cfg, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
                   logits: torch.Tensor, probs: torch.Tensor) -> dict:
     """The weighted manager terms that are switched on, and their sum under 'manager_loss'."""
     parts, total = {}, torch.zeros((), device=x.device)
+    target = F.log_softmax(logits.detach(), -1)  # the choice both consistency terms keep
     if cfg.entropy_weight > 0:
         parts["conditional_entropy"] = conditional_entropy(logits)
         total = total + cfg.entropy_weight * parts["conditional_entropy"]
@@ -117,11 +111,10 @@ def manager_terms(cfg, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
         parts["marginal_entropy"] = marginal_entropy(probs)
         total = total - cfg.marginal_entropy_weight * parts["marginal_entropy"]
     if cfg.consistency_weight > 0:
-        parts["consistency"] = vat_loss(f, x, logits, cfg.consistency_eps)
+        parts["consistency"] = vat_loss(f, x, target, cfg.consistency_eps)
         total = total + cfg.consistency_weight * parts["consistency"]
     if cfg.augment_weight > 0:
-        parts["augment_consistency"] = _kl_from(F.log_softmax(logits.detach(), -1),
-                                                f(random_affine(x)))
+        parts["augment_consistency"] = _kl_from(target, f(random_affine(x)))
         total = total + cfg.augment_weight * parts["augment_consistency"]
     if parts:
         parts["manager_loss"] = total
