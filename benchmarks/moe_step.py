@@ -9,11 +9,15 @@ one run so the ratios are robust to machine load:
   loop+fused  the same loop with the fused Adam the pipeline uses (isolates the optimizer)
   batched     pipeline.models.moe_vae (one GEMM / bmm per layer for all K experts) with
               pipeline.train.make_optimizer, exactly the train stage's step
+  top-k       the same model with sparse routing (model.top_k = k, --top-k 1 2): each
+              expert runs on its own images only; a different loss, so not loss-checked,
+              and its GFLOP/s counts the useful work (k experts per image, no padding)
 Also prints achieved GFLOP/s beside a matrix-multiply peak measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -80,9 +84,10 @@ def matmul_peak_gflops(n: int = 1024, reps: int = 20) -> float:
 
 
 def step_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
-    """Multiply-adds of the dense layers x2 (FLOPs) x3 (forward + two backward matmuls)."""
+    """Multiply-adds of the dense layers x2 (FLOPs) x3 (forward + two backward matmuls);
+    with top_k only k experts per image count."""
     k, h, l = cfg.experts, cfg.hidden, cfg.latent_dim
-    macs = d * h + h * k + k * (d * h + h * 2 * l + l * h + h * d)
+    macs = d * h + h * k + (cfg.top_k or k) * (d * h + h * 2 * l + l * h + h * d)
     return 6.0 * macs * batch
 
 
@@ -92,6 +97,8 @@ def main() -> None:
     p.add_argument("--experts", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--top-k", type=int, nargs="*", default=[1, 2],
+                   help="also time sparse routing with these k (none: skip)")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -108,6 +115,12 @@ def main() -> None:
     variants = {"loop": (loop, torch.optim.Adam(loop.parameters(), lr=1e-3)),
                 "loop+fused": (loop, make_optimizer(loop, 1e-3)),
                 "batched": (batched, make_optimizer(batched, 1e-3))}
+    configs = {name: cfg for name in variants}
+    for k in args.top_k:
+        configs[f"top-{k}"] = dataclasses.replace(cfg, top_k=k)
+        routed = MoEVAE(configs[f"top-{k}"])
+        routed.load_state_dict(batched.state_dict())
+        variants[f"top-{k}"] = (routed, make_optimizer(routed, 1e-3))
     times = {k: [] for k in variants}
     for _ in range(args.repeats):  # interleaved: every variant sees the same machine state
         for name, (model, opt) in variants.items():
@@ -118,7 +131,9 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, batch {args.batch}, K={args.experts}, "
           f"hidden {cfg.hidden}, latent {cfg.latent_dim}; loss check {a:.3f} == {b:.3f}")
     for k, t in med.items():
-        print(f"{k:10s} {t * 1e3:7.2f} ms/step  {args.batch / t:8.0f} img/s  {flops / t / 1e9:6.1f} GFLOP/s")
+        print(f"{k:10s} {t * 1e3:7.2f} ms/step  {args.batch / t:8.0f} img/s  "
+              f"{step_flops(configs[k], args.batch) / t / 1e9:6.1f} GFLOP/s  "
+              f"{med['loop'] / t:5.2f}x loop")
     print(f"speed-up batched/loop: {med['loop'] / med['batched']:.2f}x, batched/loop+fused: "
           f"{med['loop+fused'] / med['batched']:.2f}x   (model {flops / args.batch / 1e6:.1f} "
           f"MFLOP/sample/step; matmul peak {peak:.0f} GFLOP/s, "

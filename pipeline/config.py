@@ -62,6 +62,8 @@ class ModelConfig:
     consistency_weight: float = 0.0  # weight of KL(p(k|x) || p(k|x + r_adv)) (VAT)
     consistency_eps: float = 1.5  # L2 norm of the adversarial perturbation r_adv
     augment_weight: float = 0.0  # weight of KL(p(k|x) || p(k|random affine warp of x))
+    manager_warmup_epochs: int = 0  # first epochs: expert losses send no gradient to the manager
+    top_k: Optional[int] = None  # null: every expert on every image; k: each image's top-k only
 
     def __post_init__(self):
         from pipeline.models import REGISTRY  # late import: models import this module
@@ -106,6 +108,13 @@ class ModelConfig:
             _check(math.isfinite(value) and value >= 0, f"model.{key}", value, "use a number >= 0")
         _check(math.isfinite(self.consistency_eps) and self.consistency_eps > 0,
                "model.consistency_eps", self.consistency_eps, "use a number > 0")
+        _check(self.manager_warmup_epochs >= 0, "model.manager_warmup_epochs",
+               self.manager_warmup_epochs, "use an integer >= 0 (0: no warm-up)")
+        _check(self.top_k is None or (isinstance(self.top_k, int) and not isinstance(self.top_k, bool)
+                                     and 1 <= self.top_k <= self.experts),
+               "model.top_k", self.top_k, f"use null (dense) or an integer in 1..{self.experts} (model.experts)")
+        _check(self.top_k is None or self.encoder == "mlp", "model.top_k", self.top_k,
+               "sparse routing runs MLP experts only; set model.encoder: mlp or model.top_k: null")
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     torch.manual_seed(epoch_seed(seed, epoch, rank))  # reparameterisation noise
     order = torch.randperm(pixels.shape[0], generator=gen)
     sums: Dict[str, float] = {}
+    raw.set_epoch(epoch)
     model.train()
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]

@@ -47,6 +47,8 @@ def test_every_param_key_is_documented_in_readme():
     ({"model": {"manager_activation": "gelu"}}, "model.manager_activation='gelu'"),
     ({"model": {"consistency_weight": -1}}, "model.consistency_weight=-1.0"),
     ({"model": {"consistency_eps": 0}}, "model.consistency_eps=0.0"),
+    ({"model": {"top_k": 11}}, "model.top_k=11"),
+    ({"model": {"top_k": 2, "encoder": "conv"}}, "model.top_k=2"),
     ({"results": {"presets": []}}, "results.presets=[]"),
     ({"results": {"presets": ["../etc"]}}, "results.presets=['../etc']"),
     ({"results": {"seeds": [0, 0]}}, "results.seeds=[0, 0]"),

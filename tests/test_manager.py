@@ -109,3 +109,19 @@ def test_random_affine_moves_a_digit_a_little_and_keeps_its_ink():
     assert ((ink > 0.75) & (ink < 1.3)).all()  # scale within +-10% -> area within ~+-20%
     assert warped[:, :3].sum() == 0 and warped[:, -3:].sum() == 0  # shift <= 2 px, rotation 12 deg
     assert not torch.allclose(warped[0], warped[1])  # one draw per image
+
+
+def test_manager_warmup_detaches_the_expert_loss_from_the_manager():
+    torch.manual_seed(0)
+    model = build_model(small(manager_warmup_epochs=1))
+    x = torch.rand(8, 784)
+
+    def manager_grad(epoch):
+        model.set_epoch(epoch)
+        model.zero_grad()
+        model(x)["expected_expert_loss"].backward()
+        return max(p.grad.abs().max().item() if p.grad is not None else 0.0
+                   for p in model.manager.parameters())
+
+    assert manager_grad(0) == 0  # warm-up: experts train under the manager's choice
+    assert manager_grad(1) > 0  # afterwards the expert losses shape the choice too

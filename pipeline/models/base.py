@@ -21,6 +21,7 @@ class GenerativeModel(nn.Module):
         self.cfg = cfg
         self.n_pixels = n_pixels
         self.likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_std)
+        self.epoch = 0  # the training epoch under way; see set_epoch
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """{'loss': scalar to minimise, <part>: scalar, ...}; every value is logged."""
@@ -28,6 +29,10 @@ class GenerativeModel(nn.Module):
 
     def loss(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self(x)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before every training epoch (0-based), for losses that follow a schedule."""
+        self.epoch = epoch
 
     def sample(self, n: int) -> torch.Tensor:
         """(n, D) pixel means of samples from the generative model."""

@@ -4,6 +4,7 @@
     q_k(z | x) = N(mu_k(x), diag exp(logvar_k(x)))       (K, B, L)
     L_k(x) = KL(q_k(z|x) || N(0, I)) - E_q log p_k(x|z)  (K, B), one-sample estimate
     loss = mean_b sum_k p(k|x_b) L_k(x_b) + lambda * Var_k(sum_b p(k|x_b))
+           (with model.top_k the sum runs over the top-k experts only; see routing.py)
 
 The balancing term (variance of expert usage over the batch, population variance, summed
 over every DDP rank's batch) keeps the manager from collapsing onto one expert. All K
@@ -23,6 +24,7 @@ from pipeline.losses import balancing_loss, kl_std_normal, log_normal, log_std_n
 from pipeline.models.base import GenerativeModel
 from pipeline.models.blocks import decoder, encoder
 from pipeline.models.manager import build_manager, manager_terms
+from pipeline.models.routing import routed_expert_loss
 
 
 class MoEVAE(GenerativeModel):
@@ -50,21 +52,34 @@ class MoEVAE(GenerativeModel):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         logits = self.manager_logits(x)  # (B, K)
         probs = F.softmax(logits, dim=-1)
-        mu, logvar = self.encode(x)  # (K, B, L)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        log_px_z = self.likelihood.log_prob(x, self.decode(z))  # (K, B)
-        kl = kl_std_normal(mu, logvar)  # (K, B)
-        expert_loss = kl - log_px_z  # (K, B): negative ELBO of each expert
-        expected = (probs * expert_loss.t()).sum(1).mean()
+        gate = logits
+        if self.training and self.epoch < self.cfg.manager_warmup_epochs:
+            gate = logits.detach()  # warm-up: the manager learns from its own terms only
+        if self.cfg.top_k:  # each expert on its own top-k images only (routing.py)
+            expected, kl = routed_expert_loss(self, x, gate, self.cfg.top_k)
+        else:  # every expert on every image, weighted by p(k|x)
+            expert_loss, kl_kb = self.expert_losses(x)  # (K, B) each
+            weights = F.softmax(gate, dim=-1)  # = probs, detached during warm-up
+            expected = (weights * expert_loss.t()).sum(1).mean()
+            kl = (weights * kl_kb.t()).sum(1).mean()
         balancing = balancing_loss(probs)
         extra = manager_terms(self.cfg, self.manager_logits, x, logits, probs)
         return {
             "loss": expected + self.cfg.balancing_weight * balancing + extra.get("manager_loss", 0.0),
             "expected_expert_loss": expected,
             "balancing_loss": balancing,
-            "kl": (probs * kl.t()).sum(1).mean(),
+            "kl": kl,
             **extra,
         }
+
+    def expert_losses(self, x: torch.Tensor):
+        """x (B, D) shared by all experts, or (K, B, D) one block per expert -> each
+        expert's negative ELBO L_k(x) and its KL term, (K, B) each (one-sample estimate)."""
+        mu, logvar = self.encode(x)  # (K, B, L)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        log_px_z = self.likelihood.log_prob(x, self.decode(z))  # (K, B)
+        kl = kl_std_normal(mu, logvar)  # (K, B)
+        return kl - log_px_z, kl
 
     @torch.no_grad()
     def sample_components(self, n: int) -> torch.Tensor:
