@@ -59,7 +59,7 @@ class MoEVAE(GenerativeModel):
             expected, kl = routed_expert_loss(self, x, gate, self.cfg.top_k)
         else:  # every expert on every image, weighted by p(k|x)
             expert_loss, kl_kb = self.expert_losses(x)  # (K, B) each
-            weights = F.softmax(gate, dim=-1)  # = probs, detached during warm-up
+            weights = probs if gate is logits else probs.detach()  # detached in warm-up
             expected = (weights * expert_loss.t()).sum(1).mean()
             kl = (weights * kl_kb.t()).sum(1).mean()
         balancing = balancing_loss(probs)

@@ -1,0 +1,55 @@
+"""The batch-level terms (balancing, marginal entropy) under real DDP: two gloo ranks on
+loopback, each with half the batch, get the single-process loss and gradient."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.losses import balancing_loss
+from pipeline.models.manager import conditional_entropy, marginal_entropy
+
+
+def terms(logits: torch.Tensor) -> torch.Tensor:
+    """A manager loss with both global terms and a per-image one."""
+    probs = F.softmax(logits, -1)
+    return 0.1 * balancing_loss(probs) - 4 * marginal_entropy(probs) + conditional_entropy(logits)
+
+
+def _rank(rank: int, world: int, port: int, x, state, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        net = nn.Linear(x.shape[1], 4)
+        net.load_state_dict(state)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        loss = terms(ddp(x.chunk(world)[rank]))
+        loss.backward()  # DDP averages the gradients over ranks
+        torch.save({"loss": loss.detach(), "grad": net.weight.grad}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(12, 6)
+    net = nn.Linear(6, 4)
+    single = terms(net(x))
+    single.backward()
+    out = str(tmp_path / "rank")
+    mp.spawn(_rank, args=(2, free_port(), x, net.state_dict(), out), nprocs=2)
+    for r in range(2):
+        got = torch.load(f"{out}.{r}", weights_only=True)
+        # each rank's loss has the global terms exactly and half the per-image mean
+        assert torch.allclose(got["grad"], net.weight.grad, atol=1e-6)
+    losses = [torch.load(f"{out}.{r}", weights_only=True)["loss"] for r in range(2)]
+    assert torch.allclose(sum(losses) / 2, single.detach(), atol=1e-6)
