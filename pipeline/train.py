@@ -168,6 +168,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"resuming from the checkpoint after epoch {start}", flush=True)
     model = ray.train.torch.prepare_model(raw) if world > 1 else raw
+    hardware = describe_hardware(device, world, config["threads"])  # once, not every epoch
 
     for epoch in range(start, tcfg.epochs):
         t0 = time.perf_counter()
@@ -185,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 save_state(d, raw, opt, epoch + 1, history=json.dumps(history),
                            snapshots=torch.stack(snapshots),
-                           hardware=describe_hardware(device, world, config["threads"]))
+                           hardware=hardware)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(row, checkpoint=checkpoint)
 

@@ -52,14 +52,14 @@ class MoEVAE(GenerativeModel):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         logits = self.manager_logits(x)  # (B, K)
         probs = F.softmax(logits, dim=-1)
-        gate = logits
-        if self.training and self.epoch < self.cfg.manager_warmup_epochs:
-            gate = logits.detach()  # warm-up: the manager learns from its own terms only
+        # warm-up: the expert losses send no gradient to the manager (it learns from its own terms)
+        warmup = self.training and self.epoch < self.cfg.manager_warmup_epochs
         if self.cfg.top_k:  # each expert on its own top-k images only (routing.py)
+            gate = logits.detach() if warmup else logits
             expected, kl = routed_expert_loss(self, x, gate, self.cfg.top_k)
         else:  # every expert on every image, weighted by p(k|x)
             expert_loss, kl_kb = self.expert_losses(x)  # (K, B) each
-            weights = probs if gate is logits else probs.detach()  # detached in warm-up
+            weights = probs.detach() if warmup else probs
             expected = (weights * expert_loss.t()).sum(1).mean()
             kl = (weights * kl_kb.t()).sum(1).mean()
         balancing = balancing_loss(probs)
