@@ -127,6 +127,8 @@ class TrainConfig:
     use_gpu: Union[bool, str] = "auto"  # true | false | auto (GPUs when Ray has them)
     storage_path: str = ".ray_results"  # Ray Train checkpoints; shared storage on a cluster
     max_failures: int = 0  # Ray Train FailureConfig: worker restarts before giving up
+    restarts: int = 1  # candidate initialisations; the most informative clustering is kept
+    restart_epochs: int = 1  # epochs each candidate trains before the choice (restarts.py)
 
     def __post_init__(self):
         _check(self.epochs >= 1, "train.epochs", self.epochs, "use an integer >= 1")
@@ -139,6 +141,9 @@ class TrainConfig:
                "use true, false or auto")
         _check(self.max_failures >= -1, "train.max_failures", self.max_failures,
                "use -1 (retry forever), 0 or a positive integer")
+        _check(self.restarts >= 1, "train.restarts", self.restarts, "use an integer >= 1 (1 = no restarts)")
+        _check(1 <= self.restart_epochs <= self.epochs, "train.restart_epochs", self.restart_epochs,
+               f"use an integer from 1 to train.epochs={self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,9 @@ class EvaluateConfig:
                "use null (whole test set) or an integer >= 1")
 
 
+CLUSTER_KINDS = ("moe_vae", "gmm_vae")  # kinds with a cluster variable p(k|x)
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataConfig = field(default_factory=DataConfig)
@@ -168,6 +176,9 @@ class Params:
     results: ResultsConfig = field(default_factory=ResultsConfig)
 
     def __post_init__(self):
+        _check(self.train.restarts == 1 or self.model.kind in CLUSTER_KINDS, "train.restarts",
+               self.train.restarts, f"restarts are scored on the clusters of {list(CLUSTER_KINDS)}; "
+               f"use 1 for model.kind={self.model.kind}")
         if self.tune.space:
             from pipeline.tune_space import check_space
 

@@ -14,7 +14,8 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from pipeline.config import Params, params_from_dict, to_dict
 from pipeline.data import DataError, read_manifest, shard_rows
 from pipeline.models import GenerativeModel, build_model, model_state
+from pipeline.restarts import cluster_information, select
 
 STATE_FILE = "state.pt"
 
@@ -133,6 +135,17 @@ def component_snapshot(model: GenerativeModel, seed: int) -> torch.Tensor:
     return images.mul(255).round().to(torch.uint8).cpu()
 
 
+@dataclass
+class Run:
+    """One training run inside a worker: its weights, optimizer, seed and epoch records."""
+    raw: GenerativeModel
+    model: torch.nn.Module  # raw, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    seed: int  # seeds the weights, batch order and noise (restarts.py: per candidate)
+    history: List[Dict] = field(default_factory=list)
+    snapshots: List[torch.Tensor] = field(default_factory=list)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; runs on every worker."""
     import ray.train
@@ -149,46 +162,65 @@ def train_loop_per_worker(config: dict) -> None:
     from pipeline.data import load_split
 
     shard_dir = Path(config["shard_dir"])
-    pixels = torch.from_numpy(load_split(shard_dir, "train", rank, world).pixels.copy()).to(device)
+    # uint8 rows stay on the CPU: batches are binarized there (a CPU generator) and moved
+    pixels = torch.from_numpy(load_split(shard_dir, "train", rank, world).pixels.copy())
     batch = tcfg.batch_size // world
     # Every rank must take the same number of steps (DDP all-reduces each one), so the
     # epoch length comes from the smallest share, known from the manifest alone.
     manifest = read_manifest(shard_dir)
     steps = min(shard_rows(manifest, "train", r, world) for r in range(world)) // batch
-
-    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
-    raw = build_model(params.model).to(device)
-    opt = make_optimizer(raw, tcfg.lr)
-    start, history, snapshots = 0, [], []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        state = load_state(ckpt, raw, opt, device)
-        start, history = state["epoch"], json.loads(state["history"])
-        snapshots = list(state["snapshots"])
-        if rank == 0:
-            print(f"resuming from the checkpoint after epoch {start}", flush=True)
-    model = ray.train.torch.prepare_model(raw) if world > 1 else raw
     hardware = describe_hardware(device, world, config["threads"])  # once, not every epoch
 
-    for epoch in range(start, tcfg.epochs):
+    def new_run(seed: int) -> Run:
+        torch.manual_seed(seed)  # identical initial weights on every rank
+        raw = build_model(params.model).to(device)
+        opt = make_optimizer(raw, tcfg.lr)
+        return Run(raw, ray.train.torch.prepare_model(raw) if world > 1 else raw, opt, seed)
+
+    def train(run: Run, epoch: int, label: str = "") -> Dict:
         t0 = time.perf_counter()
-        parts = train_epoch(model, raw, opt, pixels, batch, steps, epoch, tcfg.seed, rank, device)
+        parts = train_epoch(run.model, run.raw, run.opt, pixels, batch, steps, epoch, run.seed,
+                            rank, device)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, **parts, "seconds": seconds,
                "images_per_s": steps * batch * world / seconds}
-        history.append(row)
+        run.history.append(row)
         if rank == 0:
             shown = "  ".join(f"{k} {parts[k]:.4g}" for k in sorted(parts, key=lambda k: k != "loss"))
-            print(f"epoch {epoch + 1}/{tcfg.epochs}  {shown}  {row['images_per_s']:.0f} img/s", flush=True)
-            snapshots.append(component_snapshot(raw, tcfg.seed))
+            print(f"{label}epoch {epoch + 1}/{tcfg.epochs}  {shown}  {row['images_per_s']:.0f} img/s",
+                  flush=True)
+            run.snapshots.append(component_snapshot(run.raw, run.seed))
+        return row
+
+    def report(run: Run, restarts: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                save_state(d, raw, opt, epoch + 1, history=json.dumps(history),
-                           snapshots=torch.stack(snapshots),
-                           hardware=hardware)
+                save_state(d, run.raw, run.opt, len(run.history), history=json.dumps(run.history),
+                           snapshots=torch.stack(run.snapshots), hardware=hardware,
+                           seed=run.seed, restarts=json.dumps(restarts))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(row, checkpoint=checkpoint)
+            ray.train.report(run.history[-1], checkpoint=checkpoint)
+
+    ckpt, restarts = ray.train.get_checkpoint(), {}
+    if ckpt:
+        run = new_run(tcfg.seed)
+        state = load_state(ckpt, run.raw, run.opt, device)
+        run.seed, run.history, run.snapshots = (int(state.get("seed", tcfg.seed)),
+                                                json.loads(state["history"]), list(state["snapshots"]))
+        restarts = json.loads(state.get("restarts", "{}"))
+        if rank == 0:
+            print(f"resuming from the checkpoint after epoch {state['epoch']}", flush=True)
+    elif tcfg.restarts > 1:  # restarts.py: keep the candidate with the most informative clusters
+        run, restarts = select(tcfg.restarts, tcfg.restart_epochs, tcfg.seed, new_run, train,
+                               lambda r: cluster_information(r.raw, pixels, device),
+                               log=lambda line: rank == 0 and print(line, flush=True))
+        report(run, restarts)
+    else:
+        run = new_run(tcfg.seed)
+    for epoch in range(len(run.history), tcfg.epochs):
+        train(run, epoch)
+        report(run, restarts)
 
 
 def run_name(params: Params, manifest: dict) -> str:
@@ -264,5 +296,6 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     state["history"] = json.loads(state["history"])
+    state["restarts"] = json.loads(state.get("restarts", "{}"))
     state["run_dir"] = join(storage, name)
     return state

@@ -90,7 +90,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
     data = load_split(Path(setup.shard_dir), "train", with_labels=True)
     n_train = len(data.pixels) - setup.val_rows  # rows [n_train:] are held out
-    pixels = torch.from_numpy(data.pixels[:n_train].copy()).to(device)
+    pixels = torch.from_numpy(data.pixels[:n_train].copy())  # CPU: batches binarize there
     steps = n_train // tcfg.batch_size
 
     torch.manual_seed(tcfg.seed)
@@ -137,6 +137,9 @@ def _state_readable(path: Path) -> bool:
 def run_sweep(params: Params, shard_dir: Path, log: Log = console) -> List[dict]:
     """Run (or resume) the sweep; return one dict per trial: {"trial", "config", "status",
     "error", "history": [per-epoch rows]}. Raises SweepInterrupted if it did not end."""
+    if params.train.restarts > 1:
+        raise ConfigError(f"params.yaml: train.restarts={params.train.restarts} is for the train "
+                          f"stage; a sweep trains each trial once, so set it to 1 for sweeps")
     cfg = params.tune
     shard_dir = Path(shard_dir).resolve()
     manifest = read_manifest(shard_dir)

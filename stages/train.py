@@ -29,13 +29,15 @@ def main() -> None:
     history = state["history"]
     write_rows_csv(Path(args.curves), history)
     save_components_over_epochs(Path(args.snapshots), state["snapshots"].numpy(), params.model.kind)
-    last = history[-1]
+    last, restarts = history[-1], state["restarts"]
     write_json(args.metrics, {
         "final": {k: v for k, v in last.items() if k not in ("epoch", "seconds")},
         "epochs": last["epoch"],
-        "train_seconds": sum(r["seconds"] for r in history),
+        # the discarded restarts' epochs count: the wall time of the whole recipe
+        "train_seconds": sum(r["seconds"] for r in history) + restarts.get("discarded_seconds", 0.0),
         "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
         "hardware": state.get("hardware", "unknown"),
+        **({"restarts": restarts} if restarts else {}),
     })
     kept = delete_tree(state["run_dir"])  # finished: nothing left to resume
     if kept:
