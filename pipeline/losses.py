@@ -88,6 +88,16 @@ def global_batch_sum(t: torch.Tensor) -> torch.Tensor:
     return local
 
 
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """t summed over every DDP rank (t itself without DDP), for bookkeeping, not gradients.
+    NCCL reduces CUDA tensors only, so under NCCL a CPU tensor travels via the GPU."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    wire = t.cuda() if dist.get_backend() == "nccl" else t.clone()
+    dist.all_reduce(wire)
+    return wire.to(t.device)
+
+
 def balancing_loss(probs: torch.Tensor) -> torch.Tensor:
     """Var_k(sum_b p_k(x_b)): population variance over experts of the summed manager
     probabilities (B, K) of the global batch. Zero iff every expert gets the same mass."""

@@ -22,8 +22,8 @@ import math
 from typing import Any, Callable, Tuple
 
 import torch
-import torch.distributed as dist
 
+from pipeline.losses import sum_over_ranks
 from pipeline.models import GenerativeModel
 
 RESTART_SEED_STRIDE = 1_000_000  # candidate seeds never meet another run's train.seed
@@ -50,11 +50,8 @@ def cluster_information(model: GenerativeModel, pixels: torch.Tensor,
         usage = p.sum(0) if usage is None else usage + p.sum(0)
         entropy -= (p * p.clamp_min(1e-300).log()).sum()
     model.train(was_training)
-    totals = torch.cat([usage, entropy[None], torch.tensor([float(pixels.shape[0])], dtype=torch.float64)])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        totals = totals.to(device)  # NCCL reduces CUDA tensors only
-        dist.all_reduce(totals)
-        totals = totals.cpu()
+    totals = sum_over_ranks(torch.cat([usage, entropy[None],
+                                       torch.tensor([float(pixels.shape[0])], dtype=torch.float64)]))
     p_bar = totals[:-2] / totals[-1]
     h_marginal = -(p_bar * p_bar.clamp_min(1e-300).log()).sum()
     return float(h_marginal - totals[-2] / totals[-1])

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
-import torch.distributed as dist
 
 from pipeline.config import Params, params_from_dict, to_dict
 from pipeline.data import DataError, read_manifest, shard_rows
+from pipeline.losses import sum_over_ranks
 from pipeline.models import GenerativeModel, build_model, model_state
 from pipeline.restarts import cluster_information, select
 
@@ -44,18 +44,12 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def any_rank(flag: bool) -> bool:
     """True if `flag` is true on any DDP rank (one tiny all-reduce; identity without DDP)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    t = torch.tensor([float(flag)])
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+    return bool(sum_over_ranks(torch.tensor([float(flag)])).item() > 0)
 
 
 def mean_over_ranks(sums: Dict[str, float], count: int) -> Dict[str, float]:
     keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+    t = sum_over_ranks(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64))
     return {k: float(v) / float(t[-1]) for k, v in zip(keys, t[:-1])}
 
 
@@ -177,7 +171,7 @@ def train_loop_per_worker(config: dict) -> None:
         opt = make_optimizer(raw, tcfg.lr)
         return Run(raw, ray.train.torch.prepare_model(raw) if world > 1 else raw, opt, seed)
 
-    def train(run: Run, epoch: int, label: str = "") -> Dict:
+    def train(run: Run, epoch: int, label: str = "") -> None:
         t0 = time.perf_counter()
         parts = train_epoch(run.model, run.raw, run.opt, pixels, batch, steps, epoch, run.seed,
                             rank, device)
@@ -190,7 +184,6 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"{label}epoch {epoch + 1}/{tcfg.epochs}  {shown}  {row['images_per_s']:.0f} img/s",
                   flush=True)
             run.snapshots.append(component_snapshot(run.raw, run.seed))
-        return row
 
     def report(run: Run, restarts: dict) -> None:
         with tempfile.TemporaryDirectory() as d:

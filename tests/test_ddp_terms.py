@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.losses import balancing_loss
+from pipeline.losses import balancing_loss, sum_over_ranks
 from pipeline.models.manager import conditional_entropy, marginal_entropy
 
 
@@ -28,7 +28,10 @@ def _rank(rank: int, world: int, port: int, x, state, out: str) -> None:
         ddp = nn.parallel.DistributedDataParallel(net)
         loss = terms(ddp(x.chunk(world)[rank]))
         loss.backward()  # DDP averages the gradients over ranks
-        torch.save({"loss": loss.detach(), "grad": net.weight.grad}, f"{out}.{rank}")
+        mine = torch.tensor([1.0, rank], dtype=torch.float64)
+        total = sum_over_ranks(mine)  # the bookkeeping sum: a new tensor, the input untouched
+        torch.save({"loss": loss.detach(), "grad": net.weight.grad, "total": total, "mine": mine},
+                   f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -51,5 +54,6 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
         got = torch.load(f"{out}.{r}", weights_only=True)
         # each rank's loss has the global terms exactly and half the per-image mean
         assert torch.allclose(got["grad"], net.weight.grad, atol=1e-6)
+        assert got["total"].tolist() == [2.0, 1.0] and got["mine"].tolist() == [1.0, r]
     losses = [torch.load(f"{out}.{r}", weights_only=True)["loss"] for r in range(2)]
     assert torch.allclose(sum(losses) / 2, single.detach(), atol=1e-6)
