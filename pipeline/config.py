@@ -57,6 +57,7 @@ class ModelConfig:
     manager_hidden: Any = None  # list of hidden widths; null = [hidden], the experts' block
     manager_activation: Optional[str] = None  # null = activation
     manager_batchnorm: bool = False  # BatchNorm after each hidden layer (manager_hidden only)
+    manager_input: str = "sample"  # sample: the likelihood's view of x | grey: the grey pixels
     entropy_weight: float = 0.0  # weight of H(Y|X): confident manager choices
     marginal_entropy_weight: float = 0.0  # weight of -H(Y): balanced choices over the batch
     consistency_weight: float = 0.0  # weight of KL(p(k|x) || p(k|x + r_adv)) (VAT)
@@ -108,6 +109,11 @@ class ModelConfig:
             _check(math.isfinite(value) and value >= 0, f"model.{key}", value, "use a number >= 0")
         _check(math.isfinite(self.consistency_eps) and self.consistency_eps > 0,
                "model.consistency_eps", self.consistency_eps, "use a number > 0")
+        _check(self.manager_input in ("sample", "grey"), "model.manager_input", self.manager_input,
+               "use 'sample' (the manager reads what the experts model) or 'grey'")
+        _check(self.manager_input == "sample" or (self.kind == "moe_vae" and self.likelihood == "bernoulli"),
+               "model.manager_input", self.manager_input, "a grey manager input needs model.kind: "
+               "moe_vae and model.likelihood: bernoulli (otherwise sample is grey); use 'sample'")
         _check(self.manager_warmup_epochs >= 0, "model.manager_warmup_epochs",
                self.manager_warmup_epochs, "use an integer >= 0 (0: no warm-up)")
         _check(self.top_k is None or (isinstance(self.top_k, int) and not isinstance(self.top_k, bool)

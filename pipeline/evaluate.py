@@ -62,7 +62,7 @@ def prepare_test(model: GenerativeModel, pixels: np.ndarray, seed: int) -> torch
     """uint8 (N, 784) -> float x; the Bernoulli likelihood binarizes once with a fixed seed
     so every model and every commit is scored on the same binary test set."""
     gen = torch.Generator().manual_seed(seed)
-    return model.likelihood.prepare(torch.from_numpy(pixels.copy()).float().div_(255), generator=gen)
+    return model.prepare(torch.from_numpy(pixels.copy()).float().div_(255), generator=gen)
 
 
 KMEANS_CLUSTERS = 10  # kinds without a cluster variable: k-means with one cluster per class

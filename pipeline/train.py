@@ -67,7 +67,7 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     model.train()
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]
-        x = raw.likelihood.prepare(pixels[idx].float().div_(255), generator=gen).to(device)
+        x = raw.prepare(pixels[idx].float().div_(255), generator=gen).to(device)
         parts = model(x)
         loss = parts["loss"]
         if any_rank(not torch.isfinite(loss).item()):

@@ -48,6 +48,9 @@ def test_every_param_key_is_documented_in_readme():
     ({"model": {"consistency_weight": -1}}, "model.consistency_weight=-1.0"),
     ({"model": {"consistency_eps": 0}}, "model.consistency_eps=0.0"),
     ({"model": {"top_k": 11}}, "model.top_k=11"),
+    ({"model": {"manager_input": "rgb"}}, "model.manager_input='rgb'"),
+    ({"model": {"manager_input": "grey"}}, "model.likelihood: bernoulli"),  # gaussian: sample is grey
+    ({"model": {"manager_input": "grey", "kind": "vae", "likelihood": "bernoulli"}}, "model.kind: moe_vae"),
     ({"model": {"top_k": 2, "encoder": "conv"}}, "model.top_k=2"),
     ({"results": {"presets": []}}, "results.presets=[]"),
     ({"results": {"presets": ["../etc"]}}, "results.presets=['../etc']"),

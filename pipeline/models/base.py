@@ -1,8 +1,10 @@
 """The one interface every model kind implements.
 
 Training needs only `forward(x) -> dict` (DDP calls forward, so the loss lives there);
-evaluation and plots use the rest. x is always (B, 784) float in [0, 1], already passed
-through `likelihood.prepare` (binarized for the Bernoulli likelihood).
+evaluation and plots use the rest. x is what `prepare` makes of grey pixels in [0, 1]:
+(B, 784) passed through `likelihood.prepare` (binarized for the Bernoulli likelihood), or,
+for an MoE-VAE whose manager reads grey pixels (model.manager_input: grey), (B, 2, 784)
+holding that and the grey pixels; `pixels(x)` is the (B, 784) image the likelihood scores.
 """
 from __future__ import annotations
 
@@ -22,6 +24,14 @@ class GenerativeModel(nn.Module):
         self.n_pixels = n_pixels
         self.likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_std)
         self.epoch = 0  # the training epoch under way; see set_epoch
+
+    def prepare(self, grey: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, D) grey pixels in [0, 1] -> the model input x (a Bernoulli draw per call)."""
+        return self.likelihood.prepare(grey, generator=generator)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The (B, D) image in a model input x: what the likelihood scores and plots show."""
+        return x
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """{'loss': scalar to minimise, <part>: scalar, ...}; every value is logged."""

@@ -10,6 +10,9 @@ The balancing term (variance of expert usage over the batch, population variance
 over every DDP rank's batch) keeps the manager from collapsing onto one expert. All K
 experts run in batched matmuls (or grouped convolutions with model.encoder: conv); see
 benchmarks/moe_step.py for the speed-up over a loop.
+
+With model.manager_input: grey the manager (and its IMSAT terms) reads the grey image
+while the experts model its binarization: x is then (B, 2, D) = (binarized, grey).
 """
 from __future__ import annotations
 
@@ -35,8 +38,20 @@ class MoEVAE(GenerativeModel):
         self.encoders = encoder(k, cfg, n_pixels, 2 * cfg.latent_dim)
         self.decoders = decoder(k, cfg, n_pixels)
 
-    def manager_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.manager(x)[0]  # (B, K)
+    def manager_logits(self, x_manager: torch.Tensor) -> torch.Tensor:
+        """(B, D) the manager's view of the images (see views) -> (B, K) logits."""
+        return self.manager(x_manager)[0]
+
+    def prepare(self, grey: torch.Tensor, generator=None) -> torch.Tensor:
+        x = self.likelihood.prepare(grey, generator=generator)
+        return torch.stack([x, grey], 1) if self.cfg.manager_input == "grey" else x  # (B, 2, D)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0] if x.dim() == 3 else x
+
+    def views(self, x: torch.Tensor):
+        """Model input -> (what the experts model, what the manager reads), (B, D) each."""
+        return (x[:, 0], x[:, 1]) if x.dim() == 3 else (x, x)
 
     def encode(self, x: torch.Tensor):
         """(B, D) -> mu, logvar, each (K, B, L)."""
@@ -47,10 +62,11 @@ class MoEVAE(GenerativeModel):
         return self.decoders(z)
 
     def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.manager_logits(x), dim=-1)  # (B, K)
+        return F.softmax(self.manager_logits(self.views(x)[1]), dim=-1)  # (B, K)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        logits = self.manager_logits(x)  # (B, K)
+        x, x_manager = self.views(x)
+        logits = self.manager_logits(x_manager)  # (B, K)
         probs = F.softmax(logits, dim=-1)
         # warm-up: the expert losses send no gradient to the manager (it learns from its own terms)
         warmup = self.training and self.epoch < self.cfg.manager_warmup_epochs
@@ -63,7 +79,7 @@ class MoEVAE(GenerativeModel):
             expected = (weights * expert_loss.t()).sum(1).mean()
             kl = (weights * kl_kb.t()).sum(1).mean()
         balancing = balancing_loss(probs)
-        extra = manager_terms(self.cfg, self.manager_logits, x, logits, probs)
+        extra = manager_terms(self.cfg, self.manager_logits, x_manager, logits, probs)
         return {
             "loss": expected + self.cfg.balancing_weight * balancing + extra.get("manager_loss", 0.0),
             "expected_expert_loss": expected,
@@ -95,7 +111,7 @@ class MoEVAE(GenerativeModel):
     def routed_code(self, x: torch.Tensor):
         """The manager's expert k (B,) and that expert's posterior mean (B, L)."""
         k = self.cluster_probs(x).argmax(-1)
-        return k, self.encode(x)[0][k, torch.arange(x.shape[0], device=x.device)]
+        return k, self.encode(self.pixels(x))[0][k, torch.arange(x.shape[0], device=x.device)]
 
     def decode_routed(self, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Expert k[n] decodes z[n]: (N,), (N, L) -> (N, D) logits, each expert once."""
@@ -129,7 +145,8 @@ class MoEVAE(GenerativeModel):
         with pi uniform, so log w = log pi_k + log p(z) + log p_k(x|z) - log q(k|x) - log q_k(z|x).
         Only the sampled expert decodes each sample (a loop over experts, not K-fold work)."""
         b, s, k = x.shape[0], n_samples, self.cfg.experts
-        log_q_k = F.log_softmax(self.manager_logits(x), dim=-1)  # (B, K)
+        x, x_manager = self.views(x)
+        log_q_k = F.log_softmax(self.manager_logits(x_manager), dim=-1)  # (B, K)
         mu, logvar = self.encode(x)  # (K, B, L)
         ks = torch.multinomial(log_q_k.exp(), s, replacement=True)  # (B, S)
         bs = torch.arange(b, device=x.device)[:, None].expand(b, s)  # (B, S)
