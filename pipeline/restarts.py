@@ -19,7 +19,7 @@ run whose candidate 0 wins is the plain run, bit for bit.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -59,6 +59,8 @@ def cluster_information(model: GenerativeModel, pixels: torch.Tensor,
 
 def select(n: int, epochs: int, seed: int, new_run: Callable[[int], Any],
            train: Callable[[Any, int, str], None], score: Callable[[Any], float],
+           save: Callable[[Any, dict], None] = lambda run, record: None,
+           resume: Optional[Tuple[Any, dict]] = None,
            log: Callable[[str], None] = lambda line: None) -> Tuple[Any, dict]:
     """Train n candidate runs for `epochs` epochs each and return the best with a record
     {"scores", "chosen", "epochs", "discarded_seconds"} for train.json.
@@ -66,19 +68,30 @@ def select(n: int, epochs: int, seed: int, new_run: Callable[[int], Any],
     new_run(seed) -> a fresh run (weights initialised from that seed) with a .history list
     of per-epoch rows that carry "seconds"; train(run, epoch, label) trains one epoch;
     score(run) -> I(x; k). Only the best candidate so far is kept in memory; the first
-    wins a tie, so candidate 0 (train.seed itself) wins unless another is strictly better."""
-    best, best_score, scores, chosen, discarded = None, -math.inf, [], 0, 0.0
-    for r in range(n):
+    wins a tie, so candidate 0 (train.seed itself) wins unless another is strictly better.
+    After each candidate is scored, save(best, record) checkpoints the best so far and the
+    scores; resume = (that best, that record) goes on from the first unscored candidate.
+    A candidate is a function of its seed alone, so a resumed choice ends as an
+    uninterrupted one would; a failure costs at most the candidate under way."""
+    best, scores, chosen, discarded = None, [], 0, 0.0
+    if resume is not None:
+        best, record = resume
+        scores, chosen, discarded = list(record["scores"]), record["chosen"], record["discarded_seconds"]
+        log(f"resuming the choice after restart {len(scores)}/{n} "
+            f"(best so far: restart {chosen + 1}, I(x;k) = {scores[chosen]:.4f} nats)")
+    for r in range(len(scores), n):
         run = new_run(candidate_seed(seed, r))
         for epoch in range(epochs):
             train(run, epoch, f"restart {r + 1}/{n} ")
         scores.append(score(run))
         log(f"restart {r + 1}/{n} (seed {candidate_seed(seed, r)}): I(x;k) = {scores[-1]:.4f} nats")
         loser = run
-        if scores[-1] > best_score:
-            loser, best, best_score, chosen = best, run, scores[-1], r
+        if best is None or scores[-1] > scores[chosen]:
+            loser, best, chosen = best, run, r
         if loser is not None:
             discarded += sum(row["seconds"] for row in loser.history)
+        save(best, {"scores": list(scores), "chosen": chosen, "epochs": epochs,
+                    "discarded_seconds": discarded})
     log(f"keeping restart {chosen + 1}/{n}: the highest I(x;k) of {[round(s, 4) for s in scores]}")
     return best, {"scores": scores, "chosen": chosen, "epochs": epochs,
                   "discarded_seconds": discarded}

@@ -195,6 +195,10 @@ def train_loop_per_worker(config: dict) -> None:
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(run.history[-1], checkpoint=checkpoint)
 
+    def log(line: str) -> None:
+        if rank == 0:
+            print(line, flush=True)
+
     ckpt, restarts = ray.train.get_checkpoint(), {}
     if ckpt:
         run = new_run(tcfg.seed)
@@ -202,14 +206,13 @@ def train_loop_per_worker(config: dict) -> None:
         run.seed, run.history, run.snapshots = (int(state.get("seed", tcfg.seed)),
                                                 json.loads(state["history"]), list(state["snapshots"]))
         restarts = json.loads(state.get("restarts", "{}"))
-        if rank == 0:
-            print(f"resuming from the checkpoint after epoch {state['epoch']}", flush=True)
-    elif tcfg.restarts > 1:  # restarts.py: keep the candidate with the most informative clusters
+        log(f"resuming from the checkpoint after epoch {state['epoch']}")
+    choosing = not ckpt or len(restarts.get("scores", [])) < tcfg.restarts
+    if tcfg.restarts > 1 and choosing:  # restarts.py: keep the most informative candidate
         run, restarts = select(tcfg.restarts, tcfg.restart_epochs, tcfg.seed, new_run, train,
-                               lambda r: cluster_information(r.raw, pixels, device),
-                               log=lambda line: rank == 0 and print(line, flush=True))
-        report(run, restarts)
-    else:
+                               lambda r: cluster_information(r.raw, pixels, device), save=report,
+                               resume=(run, restarts) if ckpt else None, log=log)
+    elif not ckpt:
         run = new_run(tcfg.seed)
     for epoch in range(len(run.history), tcfg.epochs):
         train(run, epoch)

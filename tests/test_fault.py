@@ -41,11 +41,11 @@ def shards(tmp_path) -> Path:
     return tmp_path / "shards"
 
 
-def params(storage, max_failures: int):
+def params(storage, max_failures: int, **train):
     return params_from_dict({
         "model": {"experts": 4, "latent_dim": 8, "hidden": 64},
         "train": {"epochs": 4, "batch_size": 40, "lr": 1e-3, "num_workers": 2, "seed": 3,
-                  "max_failures": max_failures, "storage_path": str(storage)},
+                  "max_failures": max_failures, "storage_path": str(storage), **train},
     })
 
 
@@ -59,9 +59,38 @@ def registered(storage: Path) -> bool:
     return any(storage.glob("*/checkpoint_manager_snapshot.json"))
 
 
-def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(ray_session, shards, tmp_path):
+def fit_killing_one_worker(ray_session, params, shards):
+    """fit(params) with one of its 2 DDP workers SIGKILLed as soon as the first checkpoint
+    is registered -> (final state, that first checkpoint's state, the killed pid)."""
     from ray.util.state import list_actors
 
+    storage, box = Path(params.train.storage_path), {}
+
+    def run():
+        try:
+            box["state"] = fit(params, shards, log=lambda s: None)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the test thread)
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.time() + 300
+    while not registered(storage):
+        assert thread.is_alive() and time.time() < deadline, box.get("error", "no checkpoint")
+        time.sleep(0.02)
+    first = torch.load(checkpoints(storage)[0] / STATE_FILE, weights_only=True)
+    workers = list_actors(address=ray_session.get_runtime_context().gcs_address,
+                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    pids = [w.pid for w in workers if psutil.pid_exists(w.pid)]  # not an earlier run's
+    assert len(pids) == 2, workers
+    os.kill(pids[-1], signal.SIGKILL)
+    assert thread.is_alive()  # mid-run: not finished when the worker died
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in box, box.get("error")
+    return box["state"], first, pids[-1]
+
+
+def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(ray_session, shards, tmp_path):
     # The reference run also takes the URI route of train.storage_path (file:// here,
     # s3:// or gs:// on a cluster): Ray Train and our cleanup both resolve it via pyarrow.
     lines = []
@@ -72,33 +101,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(ray
     assert checkpoints(tmp_path / "ref")
     assert delete_tree(reference["run_dir"]) == "" and not checkpoints(tmp_path / "ref")
 
-    storage = tmp_path / "killed"
-    box = {}
-
-    def run():
-        try:
-            box["state"] = fit(params(storage, 1), shards, log=lambda s: None)
-        except BaseException as e:  # noqa: BLE001  (re-raised in the test thread)
-            box["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    # Kill one DDP rank as soon as the epoch-1 checkpoint is registered.
-    deadline = time.time() + 300
-    while not registered(storage):
-        assert thread.is_alive() and time.time() < deadline, box.get("error", "no checkpoint")
-        time.sleep(0.02)
-    first = torch.load(checkpoints(storage)[0] / STATE_FILE, weights_only=True)
-    workers = list_actors(address=ray_session.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    pids = [w.pid for w in workers if psutil.pid_exists(w.pid)]  # not the reference run's
-    assert len(pids) == 2, workers
-    victim = pids[-1]
-    os.kill(victim, signal.SIGKILL)
-    assert thread.is_alive()  # mid-run: not finished when the worker died
-    thread.join(timeout=300)
-    assert not thread.is_alive() and "error" not in box, box.get("error")
-
-    state = box["state"]
+    state, first, victim = fit_killing_one_worker(ray_session, params(tmp_path / "killed", 1), shards)
     assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
     history, ref_history = state["history"], reference["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
@@ -109,6 +112,24 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(ray
     for row, ref in zip(history, ref_history):
         for key in ("loss", "expected_expert_loss", "balancing_loss"):
             assert row[key] == pytest.approx(ref[key], rel=1e-6), (row["epoch"], key)
+    for name, w in state["model"]["state_dict"].items():
+        torch.testing.assert_close(w, reference["model"]["state_dict"][name], rtol=1e-5, atol=1e-6)
+
+
+def test_worker_killed_during_the_restart_choice_resumes_the_choice(ray_session, shards, tmp_path):
+    """The first checkpoint follows candidate 0's score; a worker killed while candidate 1
+    trains resumes the choice at candidate 1, not at 0, and it ends as an uninterrupted one."""
+    restarts = {"restarts": 2, "restart_epochs": 2, "epochs": 3}
+    reference = fit(params(tmp_path / "ref", 0, **restarts), shards, log=lambda s: None)
+    state, first, _ = fit_killing_one_worker(ray_session, params(tmp_path / "killed", 1, **restarts), shards)
+    partial = json.loads(first["restarts"])
+    assert first["epoch"] == 2 and len(partial["scores"]) == 1 and partial["chosen"] == 0
+    record, ref = state["restarts"], reference["restarts"]
+    assert record["scores"] == pytest.approx(ref["scores"], rel=1e-6) and record["chosen"] == ref["chosen"]
+    assert record["scores"][0] == pytest.approx(partial["scores"][0], rel=1e-12)  # kept, not redone
+    assert [r["epoch"] for r in state["history"]] == [1, 2, 3] and state["seed"] == reference["seed"]
+    for row, ref_row in zip(state["history"], reference["history"]):
+        assert row["loss"] == pytest.approx(ref_row["loss"], rel=1e-6), row["epoch"]
     for name, w in state["model"]["state_dict"].items():
         torch.testing.assert_close(w, reference["model"]["state_dict"][name], rtol=1e-5, atol=1e-6)
 

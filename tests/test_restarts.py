@@ -55,15 +55,16 @@ class FakeRun:
         self.seed, self.history = seed, []
 
 
-def run_select(scores, n_epochs=2):
+def run_select(scores, n_epochs=2, **kw):
     trained, lines = [], []
+    kw.setdefault("log", lines.append)
 
     def train(run, epoch, label):
         trained.append((run.seed, epoch, label))
         run.history.append({"epoch": epoch + 1, "seconds": 1.5})
 
     best, record = select(len(scores), n_epochs, 7, FakeRun, train,
-                          lambda run: scores[(run.seed - 7) // candidate_seed(0, 1)], lines.append)
+                          lambda run: scores[(run.seed - 7) // candidate_seed(0, 1)], **kw)
     return best, record, trained, lines
 
 
@@ -80,6 +81,21 @@ def test_select_keeps_the_highest_score_and_counts_the_discarded_time():
 def test_select_keeps_candidate_zero_on_a_tie():
     best, record, _, _ = run_select([2.0, 2.0])
     assert best.seed == 7 and record["chosen"] == 0
+
+
+def test_select_checkpoints_after_every_candidate_and_resumes_where_it_stopped():
+    saved = []
+    best, record, _, _ = run_select([2.1, 2.25, 2.2], save=lambda run, rec: saved.append((run.seed, rec)))
+    assert [rec["scores"] for _, rec in saved] == [[2.1], [2.1, 2.25], [2.1, 2.25, 2.2]]
+    assert [seed for seed, _ in saved] == [7, candidate_seed(7, 1), candidate_seed(7, 1)]  # best so far
+    assert saved[-1][1] == record
+    # a failure after candidate 2's score: the resumed choice trains candidate 3 only
+    winner = FakeRun(candidate_seed(7, 1))
+    winner.history = [{"epoch": 1, "seconds": 1.5}, {"epoch": 2, "seconds": 1.5}]
+    resumed, resumed_record, trained, lines = run_select([2.1, 2.25, 2.2], resume=(winner, saved[1][1]))
+    assert {seed for seed, _, _ in trained} == {candidate_seed(7, 2)}
+    assert resumed is winner and resumed_record == record
+    assert lines[0].startswith("resuming the choice after restart 2/3")
 
 
 @pytest.mark.parametrize("train, model, match", [

@@ -46,12 +46,12 @@ class MoEVAE(GenerativeModel):
         x = self.likelihood.prepare(grey, generator=generator)
         return torch.stack([x, grey], 1) if self.cfg.manager_input == "grey" else x  # (B, 2, D)
 
-    def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0] if x.dim() == 3 else x
-
     def views(self, x: torch.Tensor):
         """Model input -> (what the experts model, what the manager reads), (B, D) each."""
         return (x[:, 0], x[:, 1]) if x.dim() == 3 else (x, x)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return self.views(x)[0]
 
     def encode(self, x: torch.Tensor):
         """(B, D) -> mu, logvar, each (K, B, L)."""
