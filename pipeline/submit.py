@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, List, Optional
 
 import yaml
@@ -104,14 +104,28 @@ def pack(root: Path, paths: Iterable[str]) -> bytes:
     return buf.getvalue()
 
 
+def check_members(tar: tarfile.TarFile) -> None:
+    """Refuse a bundle member that would land outside the folder it is unpacked in. Python
+    >= 3.11.4's "data" filter checks links too; without it (3.11.0-3.11.3) links are refused."""
+    for m in tar.getmembers():
+        parts = PurePosixPath(m.name).parts
+        plain = m.isfile() or m.isdir() or (hasattr(tarfile, "data_filter") and (m.issym() or m.islnk()))
+        if m.name.startswith("/") or ".." in parts or not plain:
+            raise SubmitError(f"output bundle member {m.name!r} is not a plain file inside the "
+                              f"workspace; refusing to unpack the bundle (was it tampered with?)")
+
+
 def unpack(data: bytes, workspace: Path) -> List[str]:
     """Replace each packed output in `workspace` atomically; the dvc.lock files go last."""
     from pipeline.io import atomic_path
 
     with tempfile.TemporaryDirectory(dir=workspace, prefix=".submit-") as tmp:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            # "data" filter: no absolute paths, no "..", no links out of the folder.
-            tar.extractall(tmp, filter="data")
+            check_members(tar)
+            if hasattr(tarfile, "data_filter"):  # also: no links out of the folder
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
             tops = [m.name for m in tar.getmembers()
                     if not any(m.name.startswith(o.name + "/") for o in tar.getmembers() if o.isdir())]
         written = []

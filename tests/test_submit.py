@@ -69,9 +69,21 @@ def test_bundle_cannot_write_outside_the_workspace(tmp_path):
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     (tmp_path / "ws").mkdir()
-    with pytest.raises(tarfile.FilterError):
+    with pytest.raises(SubmitError, match="'../escaped.txt' is not a plain file inside the workspace"):
         unpack(buf.getvalue(), tmp_path / "ws")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_bundle_with_a_link_out_of_the_workspace_is_refused(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("models/link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    (tmp_path / "ws").mkdir()
+    with pytest.raises((SubmitError, tarfile.TarError)):  # ours on 3.11.0-3.11.3, the filter's after
+        unpack(buf.getvalue(), tmp_path / "ws")
+    assert not (tmp_path / "ws" / "models" / "link").exists()
 
 
 def test_upload_holds_git_files_and_includes_but_not_ignored_outputs(tmp_path):
