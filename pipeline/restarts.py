@@ -18,7 +18,6 @@ run whose candidate 0 wins is the plain run, bit for bit.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional, Tuple
 
 import torch
