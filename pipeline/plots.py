@@ -138,6 +138,7 @@ def write_evaluation_plots(out_dir: Path, model, labels: np.ndarray, result: Dic
               col_labels=[str(k) for k in range(comps.shape[0])])
     x = result["x"][:rows * 2]
     recon = model.reconstruct(x).cpu().numpy()
-    pairs = np.stack([model.pixels(x).numpy().reshape(2, rows, -1), recon.reshape(2, rows, -1)], 1)  # (2, 2, rows, D)
+    shown = model.pixels(x).numpy()  # the binarized image, also beside a grey-input manager
+    pairs = np.stack([shown.reshape(2, rows, -1), recon.reshape(2, rows, -1)], 1)  # (2, 2, rows, D)
     save_grid(out_dir / "reconstructions.png", pairs.reshape(4, rows, -1),
               f"{kind}: test images (rows 1, 3) and reconstructions (rows 2, 4)")

@@ -72,7 +72,7 @@ def select(n: int, epochs: int, seed: int, new_run: Callable[[int], Any],
     scores; resume = (that best, that record) goes on from the first unscored candidate.
     A candidate is a function of its seed alone, so a resumed choice ends as an
     uninterrupted one would; a failure costs at most the candidate under way."""
-    best, scores, chosen, discarded = None, [], 0, 0.0
+    best, record, scores, chosen, discarded = None, None, [], 0, 0.0
     if resume is not None:
         best, record = resume
         scores, chosen, discarded = list(record["scores"]), record["chosen"], record["discarded_seconds"]
@@ -89,8 +89,8 @@ def select(n: int, epochs: int, seed: int, new_run: Callable[[int], Any],
             loser, best, chosen = best, run, r
         if loser is not None:
             discarded += sum(row["seconds"] for row in loser.history)
-        save(best, {"scores": list(scores), "chosen": chosen, "epochs": epochs,
-                    "discarded_seconds": discarded})
-    log(f"keeping restart {chosen + 1}/{n}: the highest I(x;k) of {[round(s, 4) for s in scores]}")
-    return best, {"scores": scores, "chosen": chosen, "epochs": epochs,
+        record = {"scores": list(scores), "chosen": chosen, "epochs": epochs,
                   "discarded_seconds": discarded}
+        save(best, record)
+    log(f"keeping restart {chosen + 1}/{n}: the highest I(x;k) of {[round(s, 4) for s in scores]}")
+    return best, record

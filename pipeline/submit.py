@@ -104,12 +104,15 @@ def pack(root: Path, paths: Iterable[str]) -> bytes:
     return buf.getvalue()
 
 
+DATA_FILTER = hasattr(tarfile, "data_filter")  # Python >= 3.11.4: also refuses links out
+
+
 def check_members(tar: tarfile.TarFile) -> None:
-    """Refuse a bundle member that would land outside the folder it is unpacked in. Python
-    >= 3.11.4's "data" filter checks links too; without it (3.11.0-3.11.3) links are refused."""
+    """Refuse a bundle member that would land outside the folder it is unpacked in. Links
+    are left to the "data" filter where it exists; without it (3.11.0-3.11.3) they are refused."""
     for m in tar.getmembers():
         parts = PurePosixPath(m.name).parts
-        plain = m.isfile() or m.isdir() or (hasattr(tarfile, "data_filter") and (m.issym() or m.islnk()))
+        plain = m.isfile() or m.isdir() or (DATA_FILTER and (m.issym() or m.islnk()))
         if m.name.startswith("/") or ".." in parts or not plain:
             raise SubmitError(f"output bundle member {m.name!r} is not a plain file inside the "
                               f"workspace; refusing to unpack the bundle (was it tampered with?)")
@@ -122,7 +125,7 @@ def unpack(data: bytes, workspace: Path) -> List[str]:
     with tempfile.TemporaryDirectory(dir=workspace, prefix=".submit-") as tmp:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             check_members(tar)
-            if hasattr(tarfile, "data_filter"):  # also: no links out of the folder
+            if DATA_FILTER:
                 tar.extractall(tmp, filter="data")
             else:
                 tar.extractall(tmp)

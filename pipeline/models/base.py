@@ -26,7 +26,7 @@ class GenerativeModel(nn.Module):
         self.epoch = 0  # the training epoch under way; see set_epoch
 
     def prepare(self, grey: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B, D) grey pixels in [0, 1] -> the model input x (a Bernoulli draw per call)."""
+        """(B, D) grey pixels in [0, 1] -> the model input x (Bernoulli: a fresh draw per call)."""
         return self.likelihood.prepare(grey, generator=generator)
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
