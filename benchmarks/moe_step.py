@@ -1,6 +1,7 @@
 """Training-step speed of the batched MoE-VAE against the same model run expert by expert.
 
     python benchmarks/moe_step.py [--batch 100] [--experts 10] [--repeats 5] [--steps 20]
+                                  [--device cpu|cuda]
 
 Three variants, identical weights and noise (checked: equal loss), timed interleaved in
 one run so the ratios are robust to machine load:
@@ -12,7 +13,9 @@ one run so the ratios are robust to machine load:
   top-k       the same model with sparse routing (model.top_k = k, --top-k 1 2): each
               expert runs on its own images only; a different loss, so not loss-checked,
               and its GFLOP/s counts the useful work (k experts per image, no padding)
-Also prints achieved GFLOP/s beside a matrix-multiply peak measured in the same run.
+Also prints achieved GFLOP/s beside a matrix-multiply peak measured in the same run, on the
+same device (--device cuda: an fp32 peak, TF32 left off as in training; every timing waits
+for the GPU to finish).
 """
 from __future__ import annotations
 
@@ -54,7 +57,8 @@ class LoopMoEVAE(nn.Module):
 
     def forward(self, x):
         probs = F.softmax(self.manager(x)[0], -1)
-        eps = torch.randn(self.cfg.experts, x.shape[0], self.cfg.latent_dim)  # same draw as batched
+        eps = torch.randn(self.cfg.experts, x.shape[0], self.cfg.latent_dim,
+                          device=x.device)  # same draw as batched
         losses = []
         for k, (e1, e2, d1, d2) in enumerate(self.experts):
             mu, logvar = e2(torch.sigmoid(e1(x))).chunk(2, -1)
@@ -65,21 +69,31 @@ class LoopMoEVAE(nn.Module):
         return {"loss": expected + self.cfg.balancing_weight * balancing_loss(probs)}
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step_seconds(model, opt, x, steps: int) -> float:
+    sync(x.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         model(x)["loss"].backward()
         opt.step()
+    sync(x.device)
     return (time.perf_counter() - t0) / steps
 
 
-def matmul_peak_gflops(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(device: torch.device, reps: int = 20) -> float:
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -99,13 +113,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--top-k", type=int, nargs="*", default=[1, 2],
                    help="also time sparse routing with these k (none: skip)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no GPU here; use --device cpu")
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
     cfg = ModelConfig(experts=args.experts)
     batched = MoEVAE(cfg)
-    loop = LoopMoEVAE(batched)
-    x = torch.rand(args.batch, 784)
+    loop = LoopMoEVAE(batched).to(device)
+    batched.to(device)
+    x = torch.rand(args.batch, 784, device=device)
     torch.manual_seed(1)
     a = batched(x)["loss"].item()
     torch.manual_seed(1)
@@ -118,7 +137,7 @@ def main() -> None:
     configs = {name: cfg for name in variants}
     for k in args.top_k:
         configs[f"top-{k}"] = dataclasses.replace(cfg, top_k=k)
-        routed = MoEVAE(configs[f"top-{k}"])
+        routed = MoEVAE(configs[f"top-{k}"]).to(device)
         routed.load_state_dict(batched.state_dict())
         variants[f"top-{k}"] = (routed, make_optimizer(routed, 1e-3))
     times = {k: [] for k in variants}
@@ -127,8 +146,10 @@ def main() -> None:
             times[name].append(step_seconds(model, opt, x, args.steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     flops = step_flops(cfg, args.batch)
-    peak = matmul_peak_gflops()
-    print(f"threads {torch.get_num_threads()}, batch {args.batch}, K={args.experts}, "
+    peak = matmul_peak_gflops(device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, threads {torch.get_num_threads()}")
+    print(f"{where}, batch {args.batch}, K={args.experts}, "
           f"hidden {cfg.hidden}, latent {cfg.latent_dim}; loss check {a:.3f} == {b:.3f}")
     for k, t in med.items():
         print(f"{k:10s} {t * 1e3:7.2f} ms/step  {args.batch / t:8.0f} img/s  "
@@ -137,7 +158,7 @@ def main() -> None:
     print(f"speed-up batched/loop: {med['loop'] / med['batched']:.2f}x, batched/loop+fused: "
           f"{med['loop+fused'] / med['batched']:.2f}x   (model {flops / args.batch / 1e6:.1f} "
           f"MFLOP/sample/step; matmul peak {peak:.0f} GFLOP/s, "
-          f"batched reaches {flops / med['batched'] / 1e9 / peak:.0%} of it)")
+          f"batched reaches {flops / med['batched'] / 1e9 / peak:.1%} of it)")
 
 
 if __name__ == "__main__":

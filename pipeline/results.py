@@ -24,8 +24,14 @@ def run_dir(runs_dir: Path, preset: str, seed: int) -> Path:
     return Path(runs_dir) / preset / f"seed{seed}"
 
 
+def sample_std(values: List[float]) -> float:
+    """Standard deviation with n - 1 in the denominator (0 for a single run)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def results_rows(runs_dir: Path, params: Params) -> List[Dict]:
-    """One row per preset, aggregated over results.seeds (population std)."""
+    """One row per preset, aggregated over results.seeds (sample std, n - 1: with 3 seeds the
+    population std would understate the spread by a fifth)."""
     rows = []
     for preset in params.results.presets:
         description, _ = load_preset(preset_path(params, preset))
@@ -39,13 +45,13 @@ def results_rows(runs_dir: Path, params: Params) -> List[Dict]:
         rows.append({
             "preset": preset, "kind": model.kind,
             "recipe": description, "seeds": len(runs),
-            "cluster_accuracy_mean": float(np.mean(acc)), "cluster_accuracy_std": float(np.std(acc)),
-            "nll_mean": float(np.mean(nll)), "nll_std": float(np.std(nll)),
+            "cluster_accuracy_mean": float(np.mean(acc)), "cluster_accuracy_std": sample_std(acc),
+            "nll_mean": float(np.mean(nll)), "nll_std": sample_std(nll),
             "likelihood": model.likelihood,
             "ll_images": runs[0][1].get("ll_images", ""), "iw_samples": runs[0][1].get("iw_samples", ""),
             "epochs": runs[0][0]["epochs"],
             "train_minutes": float(np.mean([t["train_seconds"] for t, _ in runs]) / 60),
-            "hardware": runs[0][0].get("hardware", "unknown"),
+            "hardware": "; ".join(dict.fromkeys(t.get("hardware", "unknown") for t, _ in runs)),
         })
     return rows
 

@@ -1,0 +1,29 @@
+"""benchmarks/moe_step.py runs end to end (tiny sizes): its variants agree on the loss."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_step.py"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_moe_step_checks_the_loss_and_prints_every_variant():
+    out = run("--batch", "8", "--repeats", "1", "--steps", "1", "--top-k", "1")
+    assert out.returncode == 0, out.stderr
+    check = out.stdout.split("loss check ")[1].split()  # "a == b" (asserted equal inside)
+    assert check[0] == check[2].rstrip(";")
+    for name in ("loop ", "loop+fused", "batched", "top-1", "speed-up batched/loop"):
+        assert name in out.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    out = run("--device", "cuda")
+    assert out.returncode == 2 and "torch sees no GPU here; use --device cpu" in out.stderr
