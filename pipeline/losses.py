@@ -73,6 +73,11 @@ def build_likelihood(kind: str, gaussian_std: float):
     return Gaussian(gaussian_std) if kind == "gaussian" else Bernoulli()
 
 
+def distributed() -> bool:
+    """True inside a DDP group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def global_batch_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over dim 0 across every DDP rank's batch, differentiably.
 
@@ -81,7 +86,7 @@ def global_batch_sum(t: torch.Tensor) -> torch.Tensor:
     global batch (R identical copies, each summed R ways, divided by R).
     """
     local = t.sum(0)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if distributed():
         from torch.distributed.nn.functional import all_reduce
 
         return all_reduce(local)
@@ -91,7 +96,7 @@ def global_batch_sum(t: torch.Tensor) -> torch.Tensor:
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """t summed over every DDP rank (t itself without DDP), for bookkeeping, not gradients.
     NCCL reduces CUDA tensors only, so under NCCL a CPU tensor travels via the GPU."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not distributed():
         return t
     wire = t.cuda() if dist.get_backend() == "nccl" else t.clone()
     dist.all_reduce(wire)

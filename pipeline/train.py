@@ -21,7 +21,7 @@ import torch
 
 from pipeline.config import Params, params_from_dict, to_dict
 from pipeline.data import DataError, read_manifest, shard_rows
-from pipeline.losses import sum_over_ranks
+from pipeline.losses import distributed, sum_over_ranks
 from pipeline.models import GenerativeModel, build_model, model_state
 from pipeline.restarts import cluster_information, select
 
@@ -44,6 +44,8 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def any_rank(flag: bool) -> bool:
     """True if `flag` is true on any DDP rank (one tiny all-reduce; identity without DDP)."""
+    if not distributed():  # called every step: no tensor round trip on a single process
+        return flag
     return bool(sum_over_ranks(torch.tensor([float(flag)])).item() > 0)
 
 
