@@ -15,7 +15,9 @@ one run so the ratios are robust to machine load:
               and its GFLOP/s counts the useful work (k experts per image, no padding)
 Also prints achieved GFLOP/s beside a matrix-multiply peak measured in the same run, on the
 same device (--device cuda: an fp32 peak, TF32 left off as in training; every timing waits
-for the GPU to finish).
+for the GPU to finish), and two floors under the batched step that bound any batched/loop
+speed-up on this machine (see `floors`): its matmuls' FLOPs at that peak plus its Adam
+update, and the time torch's own GEMM kernels take at the step's shapes plus that update.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -97,6 +100,53 @@ def matmul_peak_gflops(device: torch.device, reps: int = 20) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+GEMMS = (torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.baddbmm, torch.ops.aten.addmm)
+
+
+class OpTimer(TorchDispatchMode):
+    """Seconds spent inside the GEMMs and inside the fused Adam update, forward and backward
+    alike (every aten op passes through the mode; only these are timed)."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device, self.gemm, self.adam = device, 0.0, 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        timed = func.overloadpacket in GEMMS or func.overloadpacket is torch.ops.aten._fused_adam_
+        if not timed:
+            return func(*args, **(kwargs or {}))
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        sync(self.device)
+        if func.overloadpacket in GEMMS:
+            self.gemm += time.perf_counter() - t0
+        else:
+            self.adam += time.perf_counter() - t0
+        return out
+
+
+def floors(model, opt, x, steps: int, flops: float, peak_gflops: float):
+    """Two lower bounds on one batched step, seconds: (matmul FLOPs at the peak + Adam,
+    the step's own GEMM calls + Adam), both timed inside real steps of `model`."""
+    timer = OpTimer(x.device)
+    with timer:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            model(x)["loss"].backward()
+            opt.step()
+    adam = timer.adam / steps
+    return flops / (peak_gflops * 1e9) + adam, timer.gemm / steps + adam, adam
+
+
+def matmul_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
+    """The FLOPs of the matmuls autograd really runs in a dense step: forward and weight
+    gradient everywhere, input gradient everywhere but the first layers (images need none)."""
+    k, h, l = cfg.experts, cfg.hidden, cfg.latent_dim
+    first, rest = d * h * (1 + k), h * k + k * (h * 2 * l + l * h + h * d)
+    return 2.0 * (2 * first + 3 * rest) * batch
+
+
 def step_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
     """Multiply-adds of the dense layers x2 (FLOPs) x3 (forward + two backward matmuls);
     with top_k only k experts per image count."""
@@ -159,6 +209,13 @@ def main() -> None:
           f"{med['loop+fused'] / med['batched']:.2f}x   (model {flops / args.batch / 1e6:.1f} "
           f"MFLOP/sample/step; matmul peak {peak:.0f} GFLOP/s, "
           f"batched reaches {flops / med['batched'] / 1e9 / peak:.1%} of it)")
+    exact = matmul_flops(cfg, args.batch)
+    arith, gemm, adam = floors(*variants["batched"], x, args.steps, exact, peak)
+    print(f"floors under a batched step: {arith * 1e3:.2f} ms = its {exact / args.batch / 1e6:.1f} "
+          f"MFLOP/sample of matmuls at the peak + Adam {adam * 1e3:.2f} ms "
+          f"(loop/floor {med['loop'] / arith:.2f}x); {gemm * 1e3:.2f} ms = torch's GEMMs at "
+          f"the step's shapes + Adam (loop/floor {med['loop'] / gemm:.2f}x), the most this "
+          f"step's GEMM calls allow")
 
 
 if __name__ == "__main__":

@@ -86,11 +86,22 @@ def global_batch_sum(t: torch.Tensor) -> torch.Tensor:
     global batch (R identical copies, each summed R ways, divided by R).
     """
     local = t.sum(0)
-    if distributed():
-        from torch.distributed.nn.functional import all_reduce
+    return _AllReduceSum.apply(local) if distributed() else local
 
-        return all_reduce(local)
-    return local
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks: what the deprecated
+    torch.distributed.nn.functional.all_reduce did, without its warning on every rank."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:

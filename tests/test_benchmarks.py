@@ -21,6 +21,19 @@ def test_moe_step_checks_the_loss_and_prints_every_variant():
     assert check[0] == check[2].rstrip(";")
     for name in ("loop ", "loop+fused", "batched", "top-1", "speed-up batched/loop"):
         assert name in out.stdout
+    floors = out.stdout.split("floors under a batched step: ")[1]
+    arith, gemm = (float(part.split(" ms = ")[0].split()[-1]) for part in floors.split("; "))
+    assert 0 < arith and 0 < gemm  # both are real timings, the Adam update in each
+
+
+def test_matmul_flops_counts_the_first_layers_without_an_input_gradient():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from moe_step import matmul_flops, step_flops
+    from pipeline.config import ModelConfig
+    cfg = ModelConfig(experts=10)  # the figure: about 13 MFLOP/sample counting 6x
+    assert round(step_flops(cfg, 1) / 1e6, 1) == 13.1
+    first = 784 * 128 * 11  # manager + 10 expert first layers: forward + weight gradient
+    assert step_flops(cfg, 1) - matmul_flops(cfg, 1) == 2.0 * first
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -133,3 +133,23 @@ def test_batched_experts_equal_one_at_a_time():
     out = net(per_expert)
     for k in range(4):
         torch.testing.assert_close(out[k], net.one(k, per_expert[k]))
+
+
+def test_shared_input_layout_is_the_same_model_without_the_copies():
+    """shared_input only moves the first layer's weight in memory: the same initial values
+    from the same seed, equal outputs and gradients, and a gradient written in that layout."""
+    torch.manual_seed(0)
+    plain = BatchedMLP(4, [10, 8, 6], "sigmoid")
+    torch.manual_seed(0)
+    shared = BatchedMLP(4, [10, 8, 6], "sigmoid", shared_input=True)
+    w = shared.layers[0].weight
+    assert w.shape == (4, 10, 8) and w.stride() == (8, 32, 1)  # (I, K, O) in memory
+    assert torch.equal(w, plain.layers[0].weight)
+    x = torch.randn(5, 10)
+    shared(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    assert w.grad.stride() == w.stride()  # no copy back to (K, I, O)
+    assert torch.equal(w.grad, plain.layers[0].weight.grad)
+    again = BatchedMLP(4, [10, 8, 6], "sigmoid", shared_input=True)
+    again.load_state_dict(plain.state_dict())  # checkpoints load across layouts
+    assert torch.equal(again(x), plain(x)) and again.layers[0].weight.stride() == w.stride()

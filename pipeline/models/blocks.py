@@ -33,19 +33,27 @@ class BatchedLinear(nn.Module):
     """K independent linear maps applied at once: (K, B, I) -> (K, B, O) by one bmm.
 
     Initialised like nn.Linear (uniform +-1/sqrt(I)) so a batched model and K separate
-    nn.Linear models start from the same distribution.
+    nn.Linear models start from the same distribution. The weight is a (K, I, O) tensor
+    either way; with shared_input (a first layer, fed the same (B, I) images by every
+    expert) it is stored as (I, K, O) in memory, so the one (B, I) @ (I, K*O) GEMM reads it
+    and writes its gradient in place instead of copying both (K, I, O) <-> (I, K*O) each
+    step (about 8% of a default MoE-VAE training step on CPU; same numbers bit for bit).
     """
 
-    def __init__(self, k: int, n_in: int, n_out: int):
+    def __init__(self, k: int, n_in: int, n_out: int, shared_input: bool = False):
         super().__init__()
         bound = 1.0 / math.sqrt(n_in)
-        self.weight = nn.Parameter(torch.empty(k, n_in, n_out).uniform_(-bound, bound))
+        weight = torch.empty(k, n_in, n_out).uniform_(-bound, bound)
+        if shared_input:  # same values, (I, K, O) memory behind the (K, I, O) shape (strides
+            # set even where K = 1, so DDP finds the gradient's strides equal to the weight's)
+            weight = torch.empty(n_in, k, n_out).permute(1, 0, 2).copy_(weight)
+        self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.empty(k, 1, n_out).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # shared input (B, I): one (B, I) @ (I, K*O) GEMM instead of K
             k, n_in, n_out = self.weight.shape
-            w = self.weight.permute(1, 0, 2).reshape(n_in, k * n_out)
+            w = self.weight.permute(1, 0, 2).reshape(n_in, k * n_out)  # a view if stored so
             y = (x @ w).view(x.shape[0], k, n_out).transpose(0, 1)  # (K, B, O)
             return y + self.bias
         return torch.baddbmm(self.bias, x, self.weight)  # (K, B, O)
@@ -58,9 +66,11 @@ class BatchedLinear(nn.Module):
 class BatchedMLP(nn.Module):
     """K MLPs with the same layer sizes, evaluated together with batched matmuls."""
 
-    def __init__(self, k: int, sizes: Sequence[int], activation: str):
+    def __init__(self, k: int, sizes: Sequence[int], activation: str, shared_input: bool = False):
+        """shared_input: the first layer is usually fed one (B, I) input for all K MLPs."""
         super().__init__()
-        self.layers = nn.ModuleList(BatchedLinear(k, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(BatchedLinear(k, a, b, shared_input and i == 0)
+                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
         self.act = ACTIVATION_MODULES[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +149,7 @@ def encoder(k: int, cfg, n_pixels: int, n_out: int) -> nn.Module:
     """K encoders (B, D) -> (K, B, n_out) of the architecture `cfg.encoder` names."""
     if cfg.encoder == "conv":
         return ConvEncoder(k, cfg.conv_channels, cfg.hidden, n_out, cfg.activation)
-    return BatchedMLP(k, [n_pixels, cfg.hidden, n_out], cfg.activation)
+    return BatchedMLP(k, [n_pixels, cfg.hidden, n_out], cfg.activation, shared_input=True)
 
 
 def decoder(k: int, cfg, n_pixels: int) -> nn.Module:
