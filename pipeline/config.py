@@ -50,6 +50,7 @@ class ModelConfig:
     learn_prior_weights: bool = True  # learn the mixture weights pi too (gmm_vae)
     mmd_weight: float = 1000.0  # weight of the MMD term (mmd_vae)
     mmd_proposal_std: float = 0.2  # std of the N(f(x), s^2 I) proposal for log p(x) (mmd_vae)
+    importance_samples: int = 1  # S: train on the IWAE bound with S samples (vae, gmm_vae); 1 = ELBO
     likelihood: str = "gaussian"  # gaussian (fixed std) | bernoulli (dynamic binarization)
     gaussian_std: float = 0.5  # std of the gaussian likelihood, on [0, 1] pixels
     # moe_vae manager (pipeline/models/manager.py); the defaults are the seeds' manager
@@ -85,6 +86,11 @@ class ModelConfig:
                f"choose one of {sorted(ACTIVATIONS)}")
         _check(math.isfinite(self.balancing_weight) and self.balancing_weight >= 0,
                "model.balancing_weight", self.balancing_weight, "use a finite number >= 0")
+        _check(isinstance(self.importance_samples, int) and not isinstance(self.importance_samples, bool)
+               and self.importance_samples >= 1, "model.importance_samples", self.importance_samples,
+               "use an integer >= 1 (1: the ELBO)")
+        _check(self.importance_samples == 1 or self.kind in ("vae", "gmm_vae"), "model.importance_samples",
+               self.importance_samples, f"the IWAE bound trains vae and gmm_vae only, not {self.kind}; use 1")
         _check(self.likelihood in ("gaussian", "bernoulli"), "model.likelihood",
                self.likelihood, "choose 'gaussian' or 'bernoulli'")
         _check(math.isfinite(self.gaussian_std) and self.gaussian_std > 0,

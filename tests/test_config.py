@@ -52,6 +52,9 @@ def test_every_param_key_is_documented_in_readme():
     ({"model": {"manager_input": "grey"}}, "model.likelihood: bernoulli"),  # gaussian: sample is grey
     ({"model": {"manager_input": "grey", "kind": "vae", "likelihood": "bernoulli"}}, "model.kind: moe_vae"),
     ({"model": {"top_k": 2, "encoder": "conv"}}, "model.top_k=2"),
+    ({"model": {"importance_samples": 0, "kind": "vae"}}, "model.importance_samples=0"),
+    ({"model": {"importance_samples": 5}}, "not moe_vae; use 1"),  # the default kind
+    ({"model": {"importance_samples": 5, "kind": "mmd_vae"}}, "not mmd_vae; use 1"),
     ({"results": {"presets": []}}, "results.presets=[]"),
     ({"results": {"presets": ["../etc"]}}, "results.presets=['../etc']"),
     ({"results": {"seeds": [0, 0]}}, "results.seeds=[0, 0]"),

@@ -1,4 +1,7 @@
 """Every registered model kind: builds, finite loss, learns, shapes, checkpoint round trip."""
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -153,3 +156,38 @@ def test_shared_input_layout_is_the_same_model_without_the_copies():
     again = BatchedMLP(4, [10, 8, 6], "sigmoid", shared_input=True)
     again.load_state_dict(plain.state_dict())  # checkpoints load across layouts
     assert torch.equal(again(x), plain(x)) and again.layers[0].weight.stride() == w.stride()
+
+
+@pytest.mark.parametrize("kind", ["vae", "gmm_vae"])
+def test_iwae_bound_is_the_elbo_at_one_sample_and_tighter_with_more(kind):
+    """IWAE with S samples: at S = 1 the same number as the ELBO's single-sample estimate
+    (same noise); averaged over draws it rises with S and stays below log p(x)."""
+    torch.manual_seed(0)
+    model = build_model(small(kind, likelihood="bernoulli"))
+    x = model.prepare(torch.rand(16, 784))
+
+    def bound(s, draws=200):
+        model.cfg = dataclasses.replace(model.cfg, importance_samples=s)
+        with torch.no_grad():
+            return torch.stack([-model(x)["loss"] for _ in range(draws)]).mean()
+
+    torch.manual_seed(1)
+    one = model.iwae_loss(x)["loss"]
+    torch.manual_seed(1)
+    lw = model.log_weights(x, 1)[:, 0]  # the ELBO's estimate: log w of one sample
+    assert torch.allclose(one, -lw.mean())
+    elbo, iw5, iw50 = bound(1), bound(5), bound(50)
+    with torch.no_grad():  # log p(x) by 5000 samples, in chunks
+        lw = torch.cat([model.log_weights(x, 500) for _ in range(10)], 1)
+        log_px = (torch.logsumexp(lw, 1) - math.log(5000)).mean()
+    assert elbo < iw5 < iw50 < log_px + 0.1  # tolerance: log p(x) is itself an estimate
+
+
+def test_iwae_training_only_changes_the_loss():
+    torch.manual_seed(0)
+    model = build_model(small("vae", likelihood="bernoulli", importance_samples=4))
+    x = model.prepare(torch.rand(8, 784))
+    out = model(x)
+    assert set(out) == {"loss", "iwae_bound"} and torch.equal(out["loss"], -out["iwae_bound"])
+    out["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

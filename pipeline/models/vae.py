@@ -3,11 +3,18 @@
     q(z | x) = N(mu(x), diag exp(logvar(x)))      p(z) = prior (N(0, I) here)
     loss = mean_b [ -log p(x_b | z_b) + KL(q(z | x_b) || p(z)) ],  z_b ~ q(z | x_b)
 
+With model.importance_samples = S > 1 the loss is instead the IWAE bound (Burda et al.,
+ICLR 2016), tighter than the ELBO and equal to it at S = 1:
+
+    log w_s = log p(z_s) + log p(x | z_s) - log q(z_s | x),   z_1..S ~ q(z | x)
+    loss = -mean_b [ logsumexp_s log w_s - log S ]
+
 Subclasses change only what differs: `kl` and the prior (gmm_vae), or the whole
 regulariser (mmd_vae). Encoder and decoder come from blocks (K = 1), `mlp` or `conv`.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
@@ -48,6 +55,8 @@ class VAE(GenerativeModel):
         return self.decoder(z[None])[0]
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.cfg.importance_samples > 1:
+            return self.iwae_loss(x)
         mu, logvar = self.encode(x)  # (B, L)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         recon = -self.likelihood.log_prob(x, self.decode(z))  # (B,)
@@ -77,9 +86,19 @@ class VAE(GenerativeModel):
         z = (1 - t) * z_a[:, None] + t * z_b[:, None]  # (P, steps, L)
         return self.likelihood.mean(self.decode(z.flatten(0, 1))).view(len(z), steps, -1)
 
+    def iwae_loss(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """-(IWAE bound with S = model.importance_samples); its gradient weights each
+        sample's by w_s / sum_s w_s, where the ELBO's weights every sample equally."""
+        s = self.cfg.importance_samples
+        bound = torch.logsumexp(self.log_weights(x, s), dim=1) - math.log(s)  # (B,)
+        return {"loss": -bound.mean(), "iwae_bound": bound.mean()}
+
     @torch.no_grad()
     def log_importance_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
-        """Proposal q(z | x) = N(mu, diag exp(logvar)) from `encode`:
+        return self.log_weights(x, n_samples)
+
+    def log_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+        """Proposal q(z | x) = N(mu, diag exp(logvar)) from `encode`, reparameterised:
         log w = log p(z) + log p(x | z) - log q(z | x), z ~ q; (B, S)."""
         mu, logvar = (t[:, None] for t in self.encode(x))  # (B, 1, L)
         z = mu + torch.exp(0.5 * logvar) * torch.randn(
