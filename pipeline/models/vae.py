@@ -4,7 +4,8 @@
     loss = mean_b [ -log p(x_b | z_b) + KL(q(z | x_b) || p(z)) ],  z_b ~ q(z | x_b)
 
 With model.importance_samples = S > 1 the loss is instead the IWAE bound (Burda et al.,
-ICLR 2016), tighter than the ELBO and equal to it at S = 1:
+ICLR 2016), tighter than the ELBO the larger S (at S = 1 it is a one-sample ELBO estimate,
+so S = 1 keeps the closed-form loss above):
 
     log w_s = log p(z_s) + log p(x | z_s) - log q(z_s | x),   z_1..S ~ q(z | x)
     loss = -mean_b [ logsumexp_s log w_s - log S ]
@@ -87,8 +88,8 @@ class VAE(GenerativeModel):
         return self.likelihood.mean(self.decode(z.flatten(0, 1))).view(len(z), steps, -1)
 
     def iwae_loss(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """-(IWAE bound with S = model.importance_samples); its gradient weights each
-        sample's by w_s / sum_s w_s, where the ELBO's weights every sample equally."""
+        """-(IWAE bound with S = model.importance_samples). Its gradient is that of each
+        sample's log w_s weighted by w_s / sum_s w_s; the ELBO's weights them equally."""
         s = self.cfg.importance_samples
         bound = torch.logsumexp(self.log_weights(x, s), dim=1) - math.log(s)  # (B,)
         return {"loss": -bound.mean(), "iwae_bound": bound.mean()}
