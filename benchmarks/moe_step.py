@@ -112,17 +112,15 @@ class OpTimer(TorchDispatchMode):
         self.device, self.gemm, self.adam = device, 0.0, 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        timed = func.overloadpacket in GEMMS or func.overloadpacket is torch.ops.aten._fused_adam_
-        if not timed:
+        kind = ("gemm" if func.overloadpacket in GEMMS else
+                "adam" if func.overloadpacket is torch.ops.aten._fused_adam_ else None)
+        if kind is None:
             return func(*args, **(kwargs or {}))
         sync(self.device)
         t0 = time.perf_counter()
         out = func(*args, **(kwargs or {}))
         sync(self.device)
-        if func.overloadpacket in GEMMS:
-            self.gemm += time.perf_counter() - t0
-        else:
-            self.adam += time.perf_counter() - t0
+        setattr(self, kind, getattr(self, kind) + time.perf_counter() - t0)
         return out
 
 
@@ -131,20 +129,9 @@ def floors(model, opt, x, steps: int, flops: float, peak_gflops: float):
     the step's own GEMM calls + Adam), both timed inside real steps of `model`."""
     timer = OpTimer(x.device)
     with timer:
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            model(x)["loss"].backward()
-            opt.step()
+        step_seconds(model, opt, x, steps)
     adam = timer.adam / steps
     return flops / (peak_gflops * 1e9) + adam, timer.gemm / steps + adam, adam
-
-
-def matmul_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
-    """The FLOPs of the matmuls autograd really runs in a dense step: forward and weight
-    gradient everywhere, input gradient everywhere but the first layers (images need none)."""
-    k, h, l = cfg.experts, cfg.hidden, cfg.latent_dim
-    first, rest = d * h * (1 + k), h * k + k * (h * 2 * l + l * h + h * d)
-    return 2.0 * (2 * first + 3 * rest) * batch
 
 
 def step_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
@@ -153,6 +140,12 @@ def step_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
     k, h, l = cfg.experts, cfg.hidden, cfg.latent_dim
     macs = d * h + h * k + (cfg.top_k or k) * (d * h + h * 2 * l + l * h + h * d)
     return 6.0 * macs * batch
+
+
+def matmul_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
+    """The FLOPs of the matmuls autograd really runs in a dense step: step_flops less the
+    input gradient of the first layers (manager and K experts), which images do not need."""
+    return step_flops(cfg, batch, d) - 2.0 * d * cfg.hidden * (1 + cfg.experts) * batch
 
 
 def main() -> None:
