@@ -8,9 +8,9 @@ one run so the ratios are robust to machine load:
   loop        the seeds' layout: K nn.Linear VAEs in a Python loop, torch's default Adam
               (on CPU its per-tensor for-loop implementation, 8 tensors per expert)
   loop+fused  the same loop with the fused Adam the pipeline uses (isolates the optimizer)
-  batched     pipeline.models.moe_vae (one GEMM / bmm per layer for all K experts) with
-              pipeline.train.make_optimizer, exactly the train stage's step
-  top-k       the same model with sparse routing (model.top_k = k, --top-k 1 2): each
+  batched     pipeline.models.kinds.moe_vae (one GEMM / bmm per layer for all K experts) with
+              pipeline.training.loop.make_optimizer, exactly the train stage's step
+  top-k       the same model with sparse routing (model.moe_vae.top_k = k, --top-k 1 2): each
               expert runs on its own images only; a different loss, so not loss-checked,
               and its GFLOP/s counts the useful work (k experts per image, no padding)
 Also prints achieved GFLOP/s beside a matrix-multiply peak measured in the same run, on the
@@ -22,23 +22,20 @@ update, and the time torch's own GEMM kernels take at the step's shapes plus tha
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import ModelConfig  # noqa: E402
-from pipeline.losses import balancing_loss, kl_std_normal  # noqa: E402
-from pipeline.models.moe_vae import MoEVAE  # noqa: E402
-from pipeline.train import make_optimizer  # noqa: E402
+from pipeline.models.registry import ModelConfig, model_config  # noqa: E402
+from pipeline.models.distributions import kl_std_normal  # noqa: E402
+from pipeline.models.manager import balancing_loss  # noqa: E402
+from pipeline.models.kinds.moe_vae import MoEVAE  # noqa: E402
+from pipeline.training.loop import make_optimizer  # noqa: E402
 
 
 class LoopMoEVAE(nn.Module):
@@ -48,7 +45,7 @@ class LoopMoEVAE(nn.Module):
         super().__init__()
         self.cfg, self.likelihood, self.manager = batched.cfg, batched.likelihood, batched.manager
         self.experts = nn.ModuleList()
-        for k in range(batched.cfg.experts):
+        for k in range(batched.spec.experts):
             layers = []
             for layer in list(batched.encoders.layers) + list(batched.decoders.layers):
                 lin = nn.Linear(layer.weight.shape[1], layer.weight.shape[2])
@@ -60,7 +57,7 @@ class LoopMoEVAE(nn.Module):
 
     def forward(self, x):
         probs = F.softmax(self.manager(x)[0], -1)
-        eps = torch.randn(self.cfg.experts, x.shape[0], self.cfg.latent_dim,
+        eps = torch.randn(self.cfg.moe_vae.experts, x.shape[0], self.cfg.net.latent_dim,
                           device=x.device)  # same draw as batched
         losses = []
         for k, (e1, e2, d1, d2) in enumerate(self.experts):
@@ -69,7 +66,7 @@ class LoopMoEVAE(nn.Module):
             log_px = self.likelihood.log_prob(x, d2(torch.sigmoid(d1(z))))
             losses.append(kl_std_normal(mu, logvar) - log_px)
         expected = (probs * torch.stack(losses, 1)).sum(1).mean()
-        return {"loss": expected + self.cfg.balancing_weight * balancing_loss(probs)}
+        return {"loss": expected + self.cfg.moe_vae.balancing_weight * balancing_loss(probs)}
 
 
 def sync(device: torch.device) -> None:
@@ -137,15 +134,15 @@ def floors(model, opt, x, steps: int, flops: float, peak_gflops: float):
 def step_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
     """Multiply-adds of the dense layers x2 (FLOPs) x3 (forward + two backward matmuls);
     with top_k only k experts per image count."""
-    k, h, l = cfg.experts, cfg.hidden, cfg.latent_dim
-    macs = d * h + h * k + (cfg.top_k or k) * (d * h + h * 2 * l + l * h + h * d)
+    k, h, l = cfg.moe_vae.experts, cfg.net.hidden, cfg.net.latent_dim
+    macs = d * h + h * k + (cfg.moe_vae.top_k or k) * (d * h + h * 2 * l + l * h + h * d)
     return 6.0 * macs * batch
 
 
 def matmul_flops(cfg: ModelConfig, batch: int, d: int = 784) -> float:
     """The FLOPs of the matmuls autograd really runs in a dense step: step_flops less the
     input gradient of the first layers (manager and K experts), which images do not need."""
-    return step_flops(cfg, batch, d) - 2.0 * d * cfg.hidden * (1 + cfg.experts) * batch
+    return step_flops(cfg, batch, d) - 2.0 * d * cfg.net.hidden * (1 + cfg.moe_vae.experts) * batch
 
 
 def main() -> None:
@@ -163,7 +160,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    cfg = ModelConfig(experts=args.experts)
+    cfg = model_config({"moe_vae.experts": args.experts})
     batched = MoEVAE(cfg)
     loop = LoopMoEVAE(batched).to(device)
     batched.to(device)
@@ -179,7 +176,7 @@ def main() -> None:
                 "batched": (batched, make_optimizer(batched, 1e-3))}
     configs = {name: cfg for name in variants}
     for k in args.top_k:
-        configs[f"top-{k}"] = dataclasses.replace(cfg, top_k=k)
+        configs[f"top-{k}"] = model_config({"moe_vae.experts": args.experts, "moe_vae.top_k": k})
         routed = MoEVAE(configs[f"top-{k}"]).to(device)
         routed.load_state_dict(batched.state_dict())
         variants[f"top-{k}"] = (routed, make_optimizer(routed, 1e-3))
@@ -193,7 +190,7 @@ def main() -> None:
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU, threads {torch.get_num_threads()}")
     print(f"{where}, batch {args.batch}, K={args.experts}, "
-          f"hidden {cfg.hidden}, latent {cfg.latent_dim}; loss check {a:.3f} == {b:.3f}")
+          f"hidden {cfg.net.hidden}, latent {cfg.net.latent_dim}; loss check {a:.3f} == {b:.3f}")
     for k, t in med.items():
         print(f"{k:10s} {t * 1e3:7.2f} ms/step  {args.batch / t:8.0f} img/s  "
               f"{step_flops(configs[k], args.batch) / t / 1e9:6.1f} GFLOP/s  "

@@ -3,7 +3,7 @@
     python benchmarks/workers.py [--raw data/raw] [--rows 12000] [--epochs 2] [--preset NAME]
 
 Prepares `--rows` MNIST training images as shards in a temporary folder, then runs
-pipeline.train.fit with train.num_workers = 1 and 2 on the same data and params (the
+pipeline.training.driver.fit with train.num_workers = 1 and 2 on the same data and params (the
 default MoE-VAE, or params/NAME.yaml with --preset) and prints images/s of the last epoch.
 On a CPU machine the workers split the cores; with a GPU per worker (train.use_gpu auto)
 they use NCCL, so the same command gives the GPU figure.
@@ -11,15 +11,11 @@ they use NCCL, so the same command gives the GPU figure.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import apply_overrides, load_params, params_from_dict, to_dict  # noqa: E402
-from pipeline.data import write_shards  # noqa: E402
-from pipeline.presets import preset_variant  # noqa: E402
+from pipeline.data.shards import write_shards
+from pipeline.params import load_params, variant, with_overrides
 
 
 def main() -> None:
@@ -31,7 +27,7 @@ def main() -> None:
     p.add_argument("--preset", help="a recipe from params/ (e.g. moe_imsat)")
     args = p.parse_args()
 
-    from pipeline.train import fit
+    from pipeline.training.driver import fit
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,10 +36,10 @@ def main() -> None:
         for workers in (1, 2):
             params = load_params(args.params)
             if args.preset:
-                params = preset_variant(params, args.preset, params.train.seed)
-            params = params_from_dict(apply_overrides(to_dict(params), {
+                params = variant(params, "results", args.preset, params.train.seed)
+            params = with_overrides(params, {
                 "train.num_workers": workers, "train.epochs": args.epochs,
-                "train.storage_path": str(Path(tmp) / "ray"), "data.shards": 2}))
+                "train.storage_path": str(Path(tmp) / "ray"), "data.shards": 2})
             state = fit(params, shards, log=lambda m: None)
             last = state["history"][-1]
             rows[workers] = (last["images_per_s"], state["hardware"])

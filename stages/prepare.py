@@ -1,19 +1,16 @@
 """prepare: MNIST (or Fashion-MNIST) IDX .gz files -> validated Parquet shards + manifest.json."""
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-
-from pipeline import cli  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
-from pipeline.data import DATASET_MD5, FILES, download, write_shards  # noqa: E402
+from pipeline import cli
+from pipeline.data.idx import DATASET_MD5, FILES, download
+from pipeline.data.shards import write_shards
 
 
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--out", required=True, help="shard directory to write")
     args = p.parse_args()
-    data = load_params(args.params).data
+    data = cli.load(args).data
     raw = Path(data.raw_dir)
     if not all((raw / name).exists() for pair in FILES.values() for name in pair):
         cli.log(f"{data.dataset} files missing from {raw}; downloading with torchvision")

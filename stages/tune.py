@@ -1,26 +1,21 @@
 """tune: Parquet shards -> Ray Tune sweep over tune.space -> results table, best params, plots."""
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import cli  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
+from pipeline import cli
 
 
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--shards", required=True)
-    p.add_argument("--table-dir", required=True,
-                   help="writes results.parquet, results.csv, best_params.yaml")
+    p.add_argument("--table-dir", required=True, help="writes table.csv, best_params.yaml")
     p.add_argument("--plots", required=True, help="directory for trials.csv, curves.csv, PNGs")
     p.add_argument("--metrics", required=True, help="sweep summary JSON (a DVC metric)")
     args = p.parse_args()
-    params = load_params(args.params)  # tune.space is validated here, before any Ray work
+    params = cli.load(args)  # tune.space is validated here, before any Ray work
 
-    from pipeline.sweep_report import write_report
-    from pipeline.tune import run_sweep
+    from pipeline.sweep.report import write_report
+    from pipeline.sweep.run import run_sweep
 
     t0 = time.perf_counter()
     trials = run_sweep(params, Path(args.shards), log=cli.log)
@@ -29,7 +24,7 @@ def main() -> None:
     metric = params.tune.metric
     cli.log(f"tune: best trial {best['trial']} final {metric} {best[f'final_{metric}']:.4g} with "
             + " ".join(f"{k}={best[k]}" for k in params.tune.space)
-            + f"; wrote {args.table_dir}/results.{{parquet,csv}}, best_params.yaml, {args.plots}")
+            + f"; wrote {args.table_dir}/table.csv, best_params.yaml, {args.plots}")
 
 
 if __name__ == "__main__":

@@ -4,20 +4,44 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.ray_env import QUIET_ENV  # noqa: E402  (imports no ray)
+from pipeline.core.ray_env import QUIET_ENV  # noqa: E402  (imports no ray)
 
 # Ray reads these when first imported; they must precede any `import ray` in the session.
 for _k, _v in {**QUIET_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
     os.environ.setdefault(_k, _v)
+
+SMALL_KEYS = {"encoder": "net.encoder", "activation": "net.activation",
+              "likelihood": "likelihood.name", "top_k": "moe_vae.top_k"}
+
+
+def small(kind, **kw):
+    """A tiny model config: K = 3 experts, C = 5 components, latent 4, hidden 32, conv 4.
+    Keyword names: encoder, activation, likelihood, top_k, and importance_samples (of kind)."""
+    over = {"kind": kind, "moe_vae.experts": 3, "gmm_vae.components": 5, "net.latent_dim": 4,
+            "net.hidden": 32, "net.conv_channels": 4}
+    for key, value in kw.items():
+        over[SMALL_KEYS.get(key, f"{kind}.{key}")] = value
+    from pipeline.models.registry import model_config
+
+    return model_config(over)
+
+
+def model_cfg(**flat):
+    """A ModelConfig from the flat keyword names of format-2 configs (experts=3,
+    manager_input="grey", ...), converted by the same upgrade that loads old model files."""
+    from pipeline.core.schema import build
+    from pipeline.models.checkpoint import upgrade_v2
+    from pipeline.models.registry import ModelConfig
+
+    return build(ModelConfig, upgrade_v2({"kind": "moe_vae", **flat}), "model")
+
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
@@ -29,11 +53,19 @@ def mnist_dir() -> Path:
     return MNIST
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that starts Ray is in the slow tier (`pytest -m "not slow"` skips it);
+    modules that run `dvc repro`, build namespaces or kill workers mark themselves."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (Ray on 2 cores: start it once)."""
     os.environ.pop("RAY_ADDRESS", None)
-    from pipeline.ray_env import init_ray
+    from pipeline.core.ray_env import init_ray
 
     init_ray(num_cpus=2)
     import ray
@@ -50,7 +82,7 @@ def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
 
 def make_raw(dirpath: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:
     """Four small synthetic MNIST-format files in `dirpath`."""
-    from pipeline.data import FILES, IMAGES_MAGIC, LABELS_MAGIC
+    from pipeline.data.idx import FILES, IMAGES_MAGIC, LABELS_MAGIC
 
     rng = np.random.default_rng(seed)
     dirpath.mkdir(parents=True, exist_ok=True)
@@ -64,7 +96,8 @@ def make_raw(dirpath: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) 
 @pytest.fixture
 def tiny_shards(tmp_path) -> Path:
     """Synthetic shards: 400 train / 40 test images of blurry blobs (learnable)."""
-    from pipeline.data import FILES, IMAGES_MAGIC, LABELS_MAGIC, write_shards
+    from pipeline.data.idx import FILES, IMAGES_MAGIC, LABELS_MAGIC
+    from pipeline.data.shards import write_shards
 
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw"

@@ -24,7 +24,7 @@ from typing import Dict, List
 
 import psutil
 
-from pipeline.ray_env import QUIET_ENV
+from pipeline.core.ray_env import QUIET_ENV
 
 HEAD_IP, WORKER_IP, IFNAME = "10.231.0.1", "10.231.0.2", "rayif"
 VENV_BIN = Path(sys.executable).parent

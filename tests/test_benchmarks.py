@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import model_cfg
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_step.py"
 
 
@@ -29,8 +31,7 @@ def test_moe_step_checks_the_loss_and_prints_every_variant():
 def test_matmul_flops_counts_the_first_layers_without_an_input_gradient():
     sys.path.insert(0, str(SCRIPT.parent))
     from moe_step import matmul_flops, step_flops
-    from pipeline.config import ModelConfig
-    cfg = ModelConfig(experts=10)  # the figure: about 13 MFLOP/sample counting 6x
+    cfg = model_cfg(experts=10)  # the figure: about 13 MFLOP/sample counting 6x
     assert round(step_flops(cfg, 1) / 1e6, 1) == 13.1
     first = 784 * 128 * 11  # manager + 10 expert first layers: forward + weight gradient
     assert step_flops(cfg, 1) - matmul_flops(cfg, 1) == 2.0 * first

@@ -2,59 +2,86 @@
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, Params, load_params, params_from_dict
+from pipeline.core.errors import ConfigError
+from pipeline.core.schema import leaf_keys
+from pipeline.params import Params, load_params, params_from_dict, reference, variant
 from tests.conftest import ROOT
 
 
-def test_repo_params_load_and_match_documented_defaults():
+def test_repo_params_are_the_moe_imsat_recipe():
     p = load_params(ROOT / "params.yaml")
-    assert p.model.kind == "moe_vae" and p.model.experts == 10 and p.model.latent_dim == 20
-    assert p.model.hidden == 128 and p.model.activation == "sigmoid"
-    assert p.model.balancing_weight == 0.1 and p.train.lr == 1e-3 and p.train.batch_size == 100
+    assert p.model.kind == "moe_vae" and p.model.spec.experts == 10 and p.model.net.latent_dim == 20
+    assert p.model.net.hidden == 128 and p.model.net.activation == "sigmoid"
+    assert p.model.likelihood.name == "bernoulli" and p.train.epochs == 10
+    m = p.model.moe_vae.manager
+    assert (m.encoder, m.activation, m.entropy_weight, m.marginal_entropy_weight,
+            m.consistency_weight, m.augment_weight) == ("conv", "relu", 10, 40, 100, 100)
+    # the seeds' recipe is one preset away
+    seeds = variant(p, "results", "moe_seed", 0)
+    assert seeds.model.moe_vae.manager == type(m)() and seeds.model.moe_vae.balancing_weight == 0.1
 
 
-def test_every_param_key_is_documented_in_readme():
-    readme = (ROOT / "README.md").read_text()
+def test_params_yaml_lists_every_key():
+    """params.yaml spells out every key, so a user sees what can be set."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    missing = [f"{s}.{k}" for s, keys in raw.items() for k in keys if f"`{s}.{k}`" not in readme]
-    assert not missing, f"README lacks {missing}"
+    listed = set()
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict) and key not in ("tune.space", "compare.overrides", "results.overrides"):
+                walk(v, key)
+            else:
+                listed.add(key)
+    walk(raw, "")
+    assert set(leaf_keys(Params)) == listed
+
+
+def test_parameter_reference_is_up_to_date():
+    """docs/params.md is generated from the dataclasses' field docs: regenerate it with
+    `python -m pipeline.params docs/params.md` when this fails."""
+    assert (ROOT / "docs" / "params.md").read_text() == reference()
+    assert all(doc for _, _, _, doc in __import__("pipeline.core.schema").core.schema.describe(Params))
 
 
 @pytest.mark.parametrize("raw, needle", [
-    ({"model": {"expert": 3}}, "unknown key 'model.expert'"),
+    ({"model": {"moe_vae": {"expert": 3}}}, "unknown key 'model.moe_vae.expert'"),
+    ({"model": {"experts": 3}}, "unknown key 'model.experts'"),
     ({"modle": {}}, "unknown section 'modle'"),
-    ({"model": {"experts": 0}}, "model.experts=0"),
-    ({"model": {"latent_dim": 0}}, "model.latent_dim=0"),
-    ({"model": {"balancing_weight": -0.1}}, "model.balancing_weight=-0.1"),
+    ({"model": {"moe_vae": {"experts": 0}}}, "model.moe_vae.experts=0"),
+    ({"model": {"net": {"latent_dim": 0}}}, "model.net.latent_dim=0"),
+    ({"model": {"moe_vae": {"balancing_weight": -0.1}}}, "model.moe_vae.balancing_weight=-0.1"),
     ({"model": {"kind": "gan"}}, "model.kind='gan'"),
-    ({"model": {"likelihood": "poisson"}}, "model.likelihood='poisson'"),
-    ({"model": {"experts": 2.5}}, "model.experts=2.5"),
+    ({"model": {"likelihood": {"name": "poisson"}}}, "model.likelihood.name='poisson'"),
+    ({"model": {"moe_vae": {"experts": 2.5}}}, "model.moe_vae.experts=2.5"),
     ({"train": {"epochs": True}}, "train.epochs=True"),
     ({"train": {"num_workers": 3, "batch_size": 100}}, "train.batch_size=100"),
     ({"train": {"use_gpu": "yes"}}, "train.use_gpu='yes'"),
     ({"data": {"shards": 0}}, "data.shards=0"),
     ({"evaluate": {"iw_samples": 0}}, "evaluate.iw_samples=0"),
     ({"data": {"dataset": "cifar10"}}, "data.dataset='cifar10'"),
-    ({"model": {"encoder": "resnet"}}, "model.encoder='resnet'"),
-    ({"model": {"components": 0}}, "model.components=0"),
-    ({"model": {"mmd_proposal_std": 0}}, "model.mmd_proposal_std=0"),
-    ({"model": {"learn_prior_weights": "yes"}}, "model.learn_prior_weights='yes'"),
-    ({"compare": {"kinds": ["vae", "vae"]}}, "compare.kinds=['vae', 'vae']"),
-    ({"compare": {"kinds": ["gan"]}}, "compare.kinds=['gan']"),
-    ({"compare": {"overrides": {"model.kind": "vae"}}}, "compare.overrides="),
-    ({"model": {"manager_hidden": [0]}}, "model.manager_hidden=[0]"),
-    ({"model": {"manager_hidden": 128}}, "model.manager_hidden=128"),
-    ({"model": {"manager_activation": "gelu"}}, "model.manager_activation='gelu'"),
-    ({"model": {"consistency_weight": -1}}, "model.consistency_weight=-1.0"),
-    ({"model": {"consistency_eps": 0}}, "model.consistency_eps=0.0"),
-    ({"model": {"top_k": 11}}, "model.top_k=11"),
-    ({"model": {"manager_input": "rgb"}}, "model.manager_input='rgb'"),
-    ({"model": {"manager_input": "grey"}}, "model.likelihood: bernoulli"),  # gaussian: sample is grey
-    ({"model": {"manager_input": "grey", "kind": "vae", "likelihood": "bernoulli"}}, "model.kind: moe_vae"),
-    ({"model": {"top_k": 2, "encoder": "conv"}}, "model.top_k=2"),
-    ({"model": {"importance_samples": 0, "kind": "vae"}}, "model.importance_samples=0"),
-    ({"model": {"importance_samples": 5}}, "not moe_vae; use 1"),  # the default kind
-    ({"model": {"importance_samples": 5, "kind": "mmd_vae"}}, "not mmd_vae; use 1"),
+    ({"model": {"net": {"encoder": "resnet"}}}, "model.net.encoder='resnet'"),
+    ({"model": {"gmm_vae": {"components": 0}}}, "model.gmm_vae.components=0"),
+    ({"model": {"mmd_vae": {"proposal_std": 0}}}, "model.mmd_vae.proposal_std=0"),
+    ({"model": {"gmm_vae": {"learn_prior_weights": "yes"}}}, "model.gmm_vae.learn_prior_weights='yes'"),
+    ({"compare": {"presets": ["vae", "vae"]}}, "compare.presets=['vae', 'vae']"),
+    ({"compare": {"overrides": {"epochs": 3}}}, "compare.overrides="),
+    ({"model": {"moe_vae": {"manager": {"hidden": [0]}}}}, "model.moe_vae.manager.hidden=[0]"),
+    ({"model": {"moe_vae": {"manager": {"hidden": 128}}}}, "model.moe_vae.manager.hidden=128"),
+    ({"model": {"moe_vae": {"manager": {"activation": "gelu"}}}}, "model.moe_vae.manager.activation='gelu'"),
+    ({"model": {"moe_vae": {"manager": {"consistency_weight": -1}}}}, "model.moe_vae.manager.consistency_weight=-1.0"),
+    ({"model": {"moe_vae": {"manager": {"consistency_eps": 0}}}}, "model.moe_vae.manager.consistency_eps=0.0"),
+    ({"model": {"moe_vae": {"top_k": 11}}}, "model.moe_vae.top_k=11"),
+    ({"model": {"moe_vae": {"manager": {"input": "rgb"}}}}, "model.moe_vae.manager.input='rgb'"),
+    ({"model": {"moe_vae": {"manager": {"input": "grey"}}}}, "model.likelihood.name: bernoulli"),
+    ({"model": {"moe_vae": {"top_k": 2}, "net": {"encoder": "conv"}}}, "model.moe_vae.top_k=2"),
+    ({"model": {"vae": {"importance_samples": 0}}}, "model.vae.importance_samples=0"),
+    ({"model": {"moe_vae": {"importance_samples": 5}}}, "unknown key 'model.moe_vae.importance_samples'"),
+    ({"model": {"mmd_vae": {"importance_samples": 5}}}, "unknown key 'model.mmd_vae.importance_samples'"),
+    ({"train": {"restarts": 2}, "model": {"kind": "vae"}}, "train.restarts=2"),
+    ({"tune": {"space": {"model.net.hidden": {"choice": [0]}}}}, "tune.space.model.net.hidden value 0"),
+    ({"tune": {"space": {"model.kind": {"choice": ["vae"]}}}}, "tune.space='model.kind'"),
+    ({"tune": {"metric": "acc"}}, "tune.metric='acc'"),
     ({"results": {"presets": []}}, "results.presets=[]"),
     ({"results": {"presets": ["../etc"]}}, "results.presets=['../etc']"),
     ({"results": {"seeds": [0, 0]}}, "results.seeds=[0, 0]"),
@@ -67,40 +94,54 @@ def test_bad_values_name_the_key(raw, needle):
     assert needle in msg and "\n" not in msg
 
 
+def test_a_kind_rule_applies_only_to_the_active_kind():
+    """top_k with conv blocks is the MoE-VAE's rule: a vae with the same blocks is fine."""
+    p = params_from_dict({"model": {"kind": "vae", "moe_vae": {"top_k": 2}, "net": {"encoder": "conv"}}})
+    assert p.model.kind == "vae"
+
+
 def test_yaml_scientific_notation_is_a_float(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("train:\n  lr: 1e-3\n")  # YAML 1.1 reads this as a string
     assert load_params(f).train.lr == pytest.approx(1e-3)
 
 
-def test_overrides_and_defaults():
+def test_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("train:\n  lr: [0.1\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_params(f)
+    assert "p.yaml: line " in str(e.value) and "column" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_overrides_any_depth_and_defaults():
     assert params_from_dict({}) == Params()
-    p = load_params(ROOT / "params.yaml", overrides={"model.experts": 3})
-    assert p.model.experts == 3
+    p = load_params(ROOT / "params.yaml", overrides={"model.moe_vae.experts": 3,
+                                                     "model.moe_vae.manager.entropy_weight": 1})
+    assert p.model.moe_vae.experts == 3 and p.model.moe_vae.manager.entropy_weight == 1
+    assert p.model.moe_vae.manager.encoder == "conv"  # siblings keep their values
+    whole = load_params(ROOT / "params.yaml", overrides={"model.moe_vae.manager": {}})
+    assert whole.model.moe_vae.manager.encoder is None  # a mapping replaces the subsection
 
 
-def test_compare_variant_applies_overrides_and_kind():
-    from pipeline.config import compare_variant
-
-    p = params_from_dict({"compare": {"kinds": ["vae", "gmm_vae"],
-                                      "overrides": {"train.epochs": 3, "model.latent_dim": 2}}})
-    v = compare_variant(p, "gmm_vae")
-    assert (v.model.kind, v.train.epochs, v.model.latent_dim) == ("gmm_vae", 3, 2)
+def test_variant_applies_preset_then_set_overrides_then_seed(tmp_path):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"description": "d", "overrides": {
+        "train.epochs": 9, "model.moe_vae.experts": 4, "model.kind": "gmm_vae"}}))
+    p = params_from_dict({"results": {"presets": ["p"], "seeds": [0, 1], "presets_dir": str(tmp_path),
+                                      "overrides": {"train.epochs": 1}}})
+    v = variant(p, "results", "p", seed=1)
+    assert (v.model.kind, v.model.moe_vae.experts, v.train.epochs, v.train.seed) == ("gmm_vae", 4, 1, 1)
     assert v.evaluate == p.evaluate and p.model.kind == "moe_vae"  # the main run is untouched
-    with pytest.raises(ConfigError, match="'moe_vae' is not in compare.kinds"):
-        compare_variant(p, "moe_vae")
-    typo = params_from_dict({"compare": {"overrides": {"train.epoch": 3}}})
-    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
-        compare_variant(typo, "vae")
+    with pytest.raises(ConfigError, match="'q' is not in results.presets"):
+        variant(p, "results", "q", seed=0)
 
 
-def test_train_stage_depends_on_every_model_and_train_key():
-    """A key missing from dvc.yaml would change the model without rerunning `train`."""
-    import dataclasses
-
-    from pipeline.config import ModelConfig, TrainConfig
+def test_train_stage_depends_on_the_params_that_change_its_output():
+    """A key missing from dvc.yaml would change the model without rerunning `train`; the
+    runtime keys (where checkpoints go, retries) are left out on purpose."""
+    from pipeline.training.config import RUNTIME_KEYS, TrainConfig
 
     listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
-    want = {f"{section}.{f.name}" for section, cls in (("model", ModelConfig), ("train", TrainConfig))
-            for f in dataclasses.fields(cls)}
-    assert want <= listed, f"dvc.yaml train stage lacks {sorted(want - listed)}"
+    want = {f"train.{k}" for k in leaf_keys(TrainConfig)} - {f"train.{k}" for k in RUNTIME_KEYS}
+    assert want <= listed and not listed & {f"train.{k}" for k in RUNTIME_KEYS}
+    assert {"model.kind", "model.net", "model.likelihood", "model.${model.kind}"} <= listed

@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data import (DATASET_MD5, FILES, DataError, download, load_raw_split, load_split,
-                           read_manifest, write_shards)
+from pipeline.core.errors import DataError
+from pipeline.data.idx import DATASET_MD5, FILES, download, load_raw_split
+from pipeline.data.shards import load_split, read_manifest, write_shards
 from tests.conftest import make_raw
 
 COUNTS = {"train": 60, "test": 20}
@@ -96,7 +97,7 @@ def test_failed_rewrite_keeps_previous_output(tmp_path):
 
 
 def test_label_out_of_range(tmp_path):
-    from pipeline.data import LABELS_MAGIC
+    from pipeline.data.idx import LABELS_MAGIC
     from tests.conftest import write_idx
 
     raw = make_raw(tmp_path / "raw")

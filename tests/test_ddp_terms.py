@@ -9,7 +9,9 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.losses import balancing_loss, sum_over_ranks
+from pipeline.core.distributed import sum_over_ranks
+
+from pipeline.models.manager import balancing_loss
 from pipeline.models.manager import conditional_entropy, marginal_entropy
 
 

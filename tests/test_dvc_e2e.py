@@ -1,111 +1,180 @@
-"""The user's loop in a scratch git repo: dvc repro, nothing-to-do, param change, diff."""
+"""The user's loop in scratch git repos: each pipeline with `dvc repro`, nothing-to-do,
+narrow dependencies, a param change and its diff, push/pull through the default remote,
+and a new model kind added as one module plus its params block."""
 import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
+COPIED = ["pipeline", "stages", "params", "dvc.yaml", "compare/dvc.yaml", "results/dvc.yaml",
+          "sweep/dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
+
 
 def sh(cmd, cwd, timeout=900):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # PYTHONPATH: the stages import the copy's pipeline/, not the installed one
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=env, timeout=timeout)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
 
+def edit_params(repo, change):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    change(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture
 def repo(tmp_path, mnist_dir):
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("pipeline", "stages"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copy(ROOT / ".dvcignore", repo)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=600)
-    params["model"].update(experts=3, hidden=32, latent_dim=4)
-    params["train"].update(epochs=1, batch_size=50, num_workers=1)
-    params["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
-    # Two kinds keep CI short; the stages have no kind-specific code, and test_models
-    # covers every kind. One with k-means clustering, one with a cluster variable.
-    params["compare"].update(kinds=["mmd_vae", "gmm_vae"], overrides={"train.epochs": 1})
-    params["tune"].update(num_samples=2, epochs=1, val_rows=100, val_iw_samples=4,
-                          max_concurrent_trials=1)  # `dvc repro` runs the tune stage too
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("/.ray_results/\n__pycache__/\n")
-    sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q", repo)
+    for name in COPIED:
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    shutil.copy(ROOT / "params.yaml", repo)
+
+    def tiny(p):
+        p["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=600)
+        p["model"]["moe_vae"]["experts"] = 3
+        p["model"]["net"].update(hidden=32, latent_dim=4)
+        p["train"].update(epochs=1, batch_size=50)
+        p["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
+        p["compare"].update(presets=["vae", "gmm_vae"], overrides={"train.epochs": 1})
+        p["results"].update(presets=["moe_imsat", "moe_seed"], seeds=[0, 1], overrides={})
+        p["tune"].update(num_samples=2, epochs=1, val_rows=100, val_iw_samples=4,
+                         max_concurrent_trials=1)
+    edit_params(repo, tiny)
+    sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q -f", repo)
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # dvc init wrote an empty one
     sh("git add -A && git commit -qm init", repo)
     return repo
 
 
-def test_repro_metrics_noop_and_diff(repo):
+def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     out = sh("dvc repro", repo)
-    assert "cluster_accuracy" in out
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"prepare", "train", "evaluate"}  # the main job only
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
-    for key in ("cluster_accuracy", "nmi", "ari", "test_log_likelihood"):
-        assert key in metrics
     assert 0 <= metrics["cluster_accuracy"] <= 1 and metrics["test_log_likelihood"] < 0
     for f in ("component_samples.png", "reconstructions.png", "confusion.png", "confusion.csv",
               "samples.png", "latent.png", "latent.csv", "morph.png"):
         assert (repo / "plots/evaluate" / f).stat().st_size > 0
     assert (repo / "plots/train/components_over_epochs.png").stat().st_size > 0
-    table = (repo / "compare/table.md").read_text().splitlines()
-    assert table[0].startswith("| kind | cluster_accuracy") and len(table) >= 4
-    assert [line.split("|")[1].strip() for line in table[2:4]] == ["mmd_vae", "gmm_vae"]
-    for kind in ("mmd_vae", "gmm_vae"):
-        assert json.loads((repo / f"metrics/compare/{kind}/train.json").read_text())["epochs"] == 1
-        assert (repo / f"plots/compare/{kind}/evaluate/latent.png").exists()
-    tune = json.loads((repo / "metrics/tune.json").read_text())  # the tune stage ran too
-    assert tune["trials"] == 2 and (repo / "sweep/best_params.yaml").exists()
-    shown = json.loads(sh("dvc metrics show --json", repo))
-    assert "test_log_likelihood" in json.dumps(shown)
+    tracked = sh("git add -A && git ls-files", repo).split()
+    assert "metrics/evaluate.json" in tracked and "dvc.lock" in tracked
+    assert not [f for f in tracked if f.endswith((".png", ".pt")) or f.startswith("plots/")]
+    sh("git commit -qm run1", repo)
 
-    assert "Data and pipelines are up to date" in sh("dvc status", repo)
-    again = sh("dvc repro", repo)
-    assert "Running stage" not in again
+    # Narrow dependencies: code the main job does not run, and where checkpoints go.
+    for module in ("pipeline/sweep/run.py", "pipeline/cluster/submit.py", "pipeline/experiments/table.py"):
+        with open(repo / module, "a") as f:
+            f.write("\n# an edit the main job must not notice\n")
+    edit_params(repo, lambda p: p["train"].update(storage_path="elsewhere", max_failures=3))
+    edit_params(repo, lambda p: p["model"]["vae"].update(importance_samples=7))  # another kind's block
+    assert "Data and pipelines are up to date" in sh("dvc status dvc.yaml", repo)
+    assert "Running stage" not in sh("dvc repro", repo)
+    sh("git checkout -q -- . && git status --short", repo)
 
-    sh("git add -A && git commit -qm run1", repo)
-    text = (repo / "params.yaml").read_text().replace("balancing_weight: 0.1", "balancing_weight: 1.0")
-    (repo / "params.yaml").write_text(text)
-    out = sh("dvc repro evaluate", repo)  # the main model only; compare_* would rerun too
+    edit_params(repo, lambda p: p["model"]["moe_vae"].update(balancing_weight=1.0))
+    out = sh("dvc repro", repo)
     assert "Running stage 'train'" in out and "Running stage 'prepare'" not in out
     sh("git add -A && git commit -qm run2", repo)
-    diff = json.loads(sh("dvc metrics diff HEAD~1 HEAD --json", repo))
-    changed = diff["metrics/evaluate.json"]
-    assert "cluster_accuracy" in changed and changed["cluster_accuracy"]["diff"] != 0
-    pdiff = json.loads(sh("dvc params diff HEAD~1 HEAD --json", repo))
-    bw = pdiff["params.yaml"]["model.balancing_weight"]
+    changed = json.loads(sh("dvc metrics diff HEAD~1 HEAD --json", repo))["metrics/train.json"]
+    assert "final.loss" in changed and changed["final.loss"]["diff"] != 0
+    bw = json.loads(sh("dvc params diff HEAD~1 HEAD --json", repo))["params.yaml"]["model.moe_vae.balancing_weight"]
     assert (bw["old"], bw["new"]) == (0.1, 1.0)
     sh("dvc plots show -o plots_html", repo)
     assert (repo / "plots_html" / "index.html").exists()
 
+    # The default remote is a folder beside the project: push here, pull into a fresh clone.
+    sh("dvc push", repo)
+    assert (tmp_path / "moe-vae-dvc-remote").is_dir()
+    clone = tmp_path / "clone"
+    sh(f"git clone -q {repo} {clone}", tmp_path)
+    assert not (clone / "models/model.pt").exists()
+    sh("dvc pull dvc.yaml", clone)  # a plain `dvc pull` also wants the pipelines never run here
+    assert (clone / "models/model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
+    assert (clone / "plots/evaluate/confusion.png").exists()
+    assert "Data and pipelines are up to date" in sh("dvc status dvc.yaml", clone)
 
-def test_results_pipeline_fills_the_readme_table(repo):
-    """results/dvc.yaml: a preset over two seeds -> table.md, pasted into README.md."""
-    shutil.copytree(ROOT / "results", repo / "results", ignore=shutil.ignore_patterns("runs", "table.*"))
-    (repo / "params").mkdir()
-    (repo / "params" / "tiny.yaml").write_text(yaml.safe_dump({
-        "description": "tiny IMSAT manager", "overrides": {
-            "model.likelihood": "bernoulli", "model.manager_hidden": [16],
-            "model.entropy_weight": 1.0, "model.marginal_entropy_weight": 4.0,
-            "model.consistency_weight": 1.0, "model.augment_weight": 1.0}}))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["results"] = {"presets": ["tiny"], "seeds": [0, 1], "overrides": {"train.epochs": 1}}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / "README.md").write_text("# x\n<!-- results-table:begin -->\n<!-- results-table:end -->\n")
-    sh("git add -A && git commit -qm results", repo)
-    out = sh("dvc repro results/dvc.yaml", repo)
+
+def test_comparison_results_and_sweep_pipelines(repo):
+    out = sh("dvc repro compare/dvc.yaml", repo)
     assert "Running stage 'prepare'" in out and "Running stage 'train'" not in out  # own runs only
+    table = (repo / "compare/table.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["vae", "gmm_vae"]
+    assert json.loads((repo / "compare/runs/vae/seed0/train.json").read_text())["epochs"] == 1
+    assert (repo / "compare/plots/gmm_vae/seed0/evaluate/latent.png").exists()
+
+    sh("dvc repro results/dvc.yaml", repo)  # the same mechanism: presets x seeds
     table = (repo / "results/table.md").read_text()
-    assert "| tiny | moe_vae | tiny IMSAT manager |" in table and "(n=2)" in table
-    assert table in (repo / "README.md").read_text()
-    for seed in (0, 1):
-        train = json.loads((repo / f"results/runs/tiny/seed{seed}/train.json").read_text())
-        assert train["epochs"] == 1 and "worker" in train["hardware"]
-        assert "manager_loss" in train["final"]
-    assert "Data and pipelines are up to date" in sh("dvc status results/dvc.yaml", repo)
+    assert "| moe_imsat | moe_vae |" in table and "| moe_seed | moe_vae |" in table and "(n=2)" in table
+    imsat = json.loads((repo / "results/runs/moe_imsat/seed1/train.json").read_text())
+    assert "manager_loss" in imsat["final"] and "worker" in imsat["hardware"]
+    assert "manager_loss" not in json.loads((repo / "results/runs/moe_seed/seed0/train.json").read_text())["final"]
+
+    sh("dvc repro sweep/dvc.yaml", repo)
+    tune = json.loads((repo / "sweep/metrics.json").read_text())
+    assert tune["trials"] == 2 and (repo / "sweep/best_params.yaml").exists()
+    for pipeline in ("compare/dvc.yaml", "results/dvc.yaml", "sweep/dvc.yaml", "dvc.yaml"):
+        status = sh(f"dvc status {pipeline}", repo)
+        assert "Data and pipelines are up to date" in status or pipeline == "dvc.yaml", status
+
+
+BETA_VAE = '''"""beta-VAE (Higgins et al. 2017): the VAE with its KL term weighted by beta."""
+from dataclasses import dataclass
+
+from pipeline.core.errors import check
+from pipeline.core.schema import param
+from pipeline.models.base import Kind
+from pipeline.models.kinds.vae import VAE
+
+
+@dataclass(frozen=True)
+class BetaVAEConfig:
+    """beta-VAE."""
+    beta: float = param(4.0, "weight of the KL term")
+    importance_samples: int = param(1, "kept 1: the weighted ELBO")
+
+    def __post_init__(self):
+        check(self.beta > 0, "beta", self.beta, "use a number > 0")
+
+
+class BetaVAE(VAE):
+    def kl(self, mu, logvar, z):
+        return self.spec.beta * super().kl(mu, logvar, z)
+
+
+KIND = Kind("beta_vae", BetaVAEConfig, BetaVAE)
+'''
+
+
+def test_a_new_kind_is_one_module_plus_its_params_block(repo):
+    (repo / "pipeline/models/kinds/beta_vae.py").write_text(BETA_VAE)
+    edit_params(repo, lambda p: p["model"].update(kind="beta_vae", beta_vae={"beta": 2.0}))
+    assert sh("git status --short", repo).split() == ["M", "params.yaml", "??", "pipeline/models/kinds/beta_vae.py"]
+    sh("dvc repro evaluate", repo)
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert metrics["test_log_likelihood"] < 0 and len(metrics["cluster_usage"]) == 10  # k-means
+    state = __import__("torch").load(repo / "models/model.pt", weights_only=True)
+    assert state["kind"] == "beta_vae" and state["config"]["beta_vae"]["beta"] == 2.0
+    edit_params(repo, lambda p: p["model"]["beta_vae"].update(beta=-1))
+    r = subprocess.run("python stages/train.py --shards data/shards --model m.pt --curves c.csv "
+                       "--metrics t.json --snapshots s.png", cwd=repo, shell=True, text=True,
+                       capture_output=True, env={**os.environ, "PYTHONPATH": str(repo),
+                                                 "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: model.beta_vae.beta=-1.0 "
+                                                      "is invalid; use a number > 0")

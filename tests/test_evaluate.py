@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.evaluate import assign_clusters, cluster_scores, hungarian_accuracy, iw_log_likelihood
-from pipeline.models import build_model
-from pipeline.models.moe_vae import MoEVAE
+from pipeline.evaluation.metrics import assign_clusters, cluster_scores, hungarian_accuracy, iw_log_likelihood
+from pipeline.models.registry import build_model
+from pipeline.models.kinds.moe_vae import MoEVAE
+from tests.conftest import model_cfg
 
 
 def test_hungarian_on_a_permuted_labelling_is_perfect():
@@ -34,7 +34,7 @@ def known_model(seed=0, k=3, latent=2, d=12):
     and log p(x) = logsumexp_k(log 1/K + log p_k(x)), while the manager and encoders
     remain arbitrary (non-trivial proposals over k and z)."""
     torch.manual_seed(seed)
-    m = MoEVAE(ModelConfig(experts=k, latent_dim=latent, hidden=5, likelihood="bernoulli"), n_pixels=d)
+    m = MoEVAE(model_cfg(experts=k, latent_dim=latent, hidden=5, likelihood="bernoulli"), n_pixels=d)
     with torch.no_grad():
         m.decoders.layers[1].weight.zero_()
         m.decoders.layers[1].bias.normal_(0, 2)
@@ -55,7 +55,7 @@ def test_iw_estimator_recovers_exact_log_likelihood():
 
 def test_iw_bound_tightens_with_more_samples():
     torch.manual_seed(0)
-    m = MoEVAE(ModelConfig(experts=3, latent_dim=2, hidden=8, likelihood="bernoulli"), n_pixels=20)
+    m = MoEVAE(model_cfg(experts=3, latent_dim=2, hidden=8, likelihood="bernoulli"), n_pixels=20)
     x = torch.bernoulli(torch.full((64, 20), 0.3))
     one = iw_log_likelihood(m, x, 1, 1).mean()
     many = iw_log_likelihood(m, x, 500, 100).mean()
@@ -80,7 +80,7 @@ def test_iw_estimator_is_exact_for_every_one_latent_kind(kind):
     """Decoder ignoring z: p(x) = prod Bernoulli(x; sigmoid(c)) whatever the prior, while
     the encoder proposal (and, for mmd_vae, the fixed-width proposal) stays arbitrary."""
     torch.manual_seed(0)
-    m = build_model(ModelConfig(kind=kind, latent_dim=2, hidden=5, components=3,
+    m = build_model(model_cfg(kind=kind, latent_dim=2, hidden=5, components=3,
                                 likelihood="bernoulli", mmd_proposal_std=0.7))
     with torch.no_grad():
         m.decoder.layers[1].weight.zero_()
@@ -97,12 +97,12 @@ def test_kinds_without_a_cluster_variable_get_kmeans_on_their_codes():
     """Two well-separated groups of images -> k-means on the VAE's codes separates them,
     with no labels involved; a kind with a cluster variable uses its argmax instead."""
     torch.manual_seed(0)
-    m = build_model(ModelConfig(kind="vae", latent_dim=2, hidden=8))
+    m = build_model(model_cfg(kind="vae", latent_dim=2, hidden=8))
     x = torch.cat([torch.zeros(50, 784), torch.ones(50, 784)])
     x[:, :10] = torch.rand(100, 10)  # a little spread inside each group
     clusters, n, codes = assign_clusters(m, x, batch_size=30, seed=0)
     assert n == 10 and codes.shape == (100, 2)
     assert set(clusters[:50]).isdisjoint(clusters[50:])
-    g = build_model(ModelConfig(kind="gmm_vae", latent_dim=2, hidden=8, components=4))
+    g = build_model(model_cfg(kind="gmm_vae", latent_dim=2, hidden=8, components=4))
     clusters, n, _ = assign_clusters(g, x, batch_size=30, seed=0)
     assert n == 4 and np.array_equal(clusters, g.cluster_probs(x).argmax(1).numpy())

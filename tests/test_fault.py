@@ -16,17 +16,21 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import params_from_dict
-from pipeline.storage import delete_tree
-from pipeline.train import STATE_FILE, fit
+from pipeline.params import params_from_dict
+from pipeline.core.storage import delete_tree
+from pipeline.training.driver import fit
+from pipeline.training.loop import STATE_FILE
 from tests.conftest import ROOT
 from tests.test_dvc_e2e import sh
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def shards(tmp_path) -> Path:
     """1 600 synthetic training images: epochs long enough (~1 s) to kill one mid-run."""
-    from pipeline.data import FILES, IMAGES_MAGIC, LABELS_MAGIC, write_shards
+    from pipeline.data.idx import FILES, IMAGES_MAGIC, LABELS_MAGIC
+    from pipeline.data.shards import write_shards
     from tests.conftest import write_idx
 
     rng = np.random.default_rng(0)
@@ -43,7 +47,7 @@ def shards(tmp_path) -> Path:
 
 def params(storage, max_failures: int, **train):
     return params_from_dict({
-        "model": {"experts": 4, "latent_dim": 8, "hidden": 64},
+        "model": {"moe_vae": {"experts": 4}, "net": {"latent_dim": 8, "hidden": 64}},
         "train": {"epochs": 4, "batch_size": 40, "lr": 1e-3, "num_workers": 2, "seed": 3,
                   "max_failures": max_failures, "storage_path": str(storage), **train},
     })
@@ -143,7 +147,8 @@ def test_killed_dvc_repro_leaves_no_partial_outputs_and_rerun_resumes(tmp_path, 
         shutil.copy(ROOT / name, repo)
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=1500)
-    p["model"].update(experts=4, hidden=64, latent_dim=8)
+    p["model"]["moe_vae"].update(experts=4, manager={})  # the seeds' manager: fast
+    p["model"]["net"].update(hidden=64, latent_dim=8)
     p["train"].update(epochs=4, batch_size=50, num_workers=1)
     p["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.losses import Bernoulli, Gaussian, balancing_loss, kl_std_normal, log_normal
-from pipeline.models.moe_vae import MoEVAE
+from pipeline.models.distributions import Bernoulli, Gaussian, kl_std_normal, log_normal
+from pipeline.models.manager import balancing_loss
+from pipeline.models.kinds.moe_vae import MoEVAE
+from tests.conftest import model_cfg
 
 
 def sig(v):
@@ -16,7 +17,7 @@ def sig(v):
 def test_moe_loss_matches_hand_computation():
     K, B, L, H, D, lam, std = 2, 3, 2, 3, 5, 0.7, 0.5
     torch.manual_seed(0)
-    cfg = ModelConfig(experts=K, latent_dim=L, hidden=H, balancing_weight=lam, gaussian_std=std)
+    cfg = model_cfg(experts=K, latent_dim=L, hidden=H, balancing_weight=lam, gaussian_std=std)
     model = MoEVAE(cfg, n_pixels=D)
     x = torch.rand(B, D)
     torch.manual_seed(123)
@@ -79,7 +80,7 @@ def test_kl_and_log_normal_agree_with_torch_distributions():
 
 
 def test_mmd_of_identical_samples_is_zero_and_grows_with_a_shift():
-    from pipeline.models.mmd_vae import gaussian_kernel, mmd
+    from pipeline.models.kinds.mmd_vae import gaussian_kernel, mmd
 
     torch.manual_seed(0)
     z = torch.randn(200, 8)
@@ -90,7 +91,7 @@ def test_mmd_of_identical_samples_is_zero_and_grows_with_a_shift():
 
 
 def test_mmd_kernel_matches_its_formula():
-    from pipeline.models.mmd_vae import gaussian_kernel
+    from pipeline.models.kinds.mmd_vae import gaussian_kernel
 
     a, b = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 2.0]])
     assert gaussian_kernel(a, b).item() == pytest.approx(math.exp(-5 / 2))
@@ -99,10 +100,10 @@ def test_mmd_kernel_matches_its_formula():
 def test_monte_carlo_kl_matches_the_closed_form_for_one_component():
     """gmm_vae's one-sample KL estimate log q(z|x) - log p(z), averaged, against the
     analytic KL between two diagonal Gaussians (a one-component mixture)."""
-    from pipeline.models import build_model
+    from pipeline.models.registry import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind="gmm_vae", components=1, latent_dim=3))
+    model = build_model(model_cfg(kind="gmm_vae", components=1, latent_dim=3))
     with torch.no_grad():
         model.prior.means.copy_(torch.tensor([[0.5, -1.0, 0.0]]))
         model.prior.logvars.copy_(torch.tensor([[0.3, -0.2, 0.1]]))
@@ -112,7 +113,7 @@ def test_monte_carlo_kl_matches_the_closed_form_for_one_component():
     m, lv = model.prior.means[0], model.prior.logvars[0]
     exact = 0.5 * (lv - logvar + (torch.exp(logvar) + (mu - m) ** 2) / torch.exp(lv) - 1).sum()
     assert mc.item() == pytest.approx(exact.item(), abs=0.01)
-    std = build_model(ModelConfig(kind="vae", latent_dim=3))  # the analytic KL it replaces
+    std = build_model(model_cfg(kind="vae", latent_dim=3))  # the analytic KL it replaces
     with torch.no_grad():
         model.prior.means.zero_()
         model.prior.logvars.zero_()

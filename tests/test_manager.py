@@ -4,11 +4,11 @@ import math
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.models import build_model
+from pipeline.models.registry import build_model
 from pipeline.models.blocks import BatchedMLP
 from pipeline.models.manager import (ManagerMLP, conditional_entropy, marginal_entropy,
                                      random_affine, vat_loss)
+from tests.conftest import model_cfg
 
 IMSAT = dict(manager_hidden=[16, 16], manager_activation="relu", manager_batchnorm=True,
              entropy_weight=1.0, marginal_entropy_weight=4.0, consistency_weight=1.0,
@@ -16,7 +16,7 @@ IMSAT = dict(manager_hidden=[16, 16], manager_activation="relu", manager_batchno
 
 
 def small(**kw):
-    return ModelConfig(experts=3, latent_dim=4, hidden=32, **kw)
+    return model_cfg(experts=3, latent_dim=4, hidden=32, **kw)
 
 
 def test_seed_manager_is_the_experts_block_and_adds_no_terms():
@@ -125,3 +125,17 @@ def test_manager_warmup_detaches_the_expert_loss_from_the_manager():
 
     assert manager_grad(0) == 0  # warm-up: experts train under the manager's choice
     assert manager_grad(1) > 0  # afterwards the expert losses shape the choice too
+
+
+def test_imsat_loss_can_be_scored_without_grad():
+    """The sweep scores held-out images under no_grad; VAT's power iteration still needs
+    its own gradient there, and the loss is the one a training step sees."""
+    torch.manual_seed(0)
+    model = build_model(small(**IMSAT)).eval()
+    x = torch.rand(8, 784)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        scored = model(x)
+    torch.manual_seed(1)
+    trained = model(x)
+    assert scored["consistency"] > 0 and torch.equal(scored["loss"], trained["loss"].detach())

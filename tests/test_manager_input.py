@@ -3,16 +3,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import EvaluateConfig, ModelConfig
-from pipeline.evaluate import evaluate_model
-from pipeline.models import build_model
-from pipeline.plots import write_evaluation_plots
-from pipeline.restarts import cluster_information
-from pipeline.train import train_epoch
+from pipeline.evaluation.config import EvaluateConfig
+
+from pipeline.evaluation.metrics import evaluate_model
+from pipeline.models.registry import build_model
+from pipeline.evaluation.plots import write_evaluation_plots
+from pipeline.training.restarts import cluster_information
+from pipeline.training.loop import train_epoch
+from tests.conftest import model_cfg
 
 
 def small(**kw):
-    return ModelConfig(kind="moe_vae", experts=3, latent_dim=4, hidden=32, likelihood="bernoulli", **kw)
+    return model_cfg(kind="moe_vae", experts=3, latent_dim=4, hidden=32, likelihood="bernoulli", **kw)
 
 
 def grey_images(n, seed=0):

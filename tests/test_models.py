@@ -5,19 +5,16 @@ import math
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.data import load_split
-from pipeline.models import REGISTRY, build_model, load_model, save_model
+from tests.conftest import small
+
+from pipeline.data.shards import load_split
+from pipeline.models.checkpoint import load_model, save_model
+from pipeline.models.registry import KINDS, build_model
 from pipeline.models.blocks import BatchedMLP, ConvDecoder, ConvEncoder
-from pipeline.train import component_snapshot, train_epoch
+from pipeline.training.loop import component_snapshot, train_epoch
 
-KINDS = sorted(REGISTRY)
 COMPONENTS = {"moe_vae": 3, "gmm_vae": 5}  # cluster count per kind in small(); others: k-means
-
-
-def small(kind, **kw):
-    return ModelConfig(kind=kind, experts=3, components=5, latent_dim=4, hidden=32,
-                       conv_channels=4, **kw)
+KINDS = sorted(KINDS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -122,7 +119,7 @@ def test_conv_experts_are_independent_groups():
 def test_checkpoint_is_weights_only(tmp_path):
     save_model(build_model(small("moe_vae")), tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)  # raises on pickled code
-    assert state["kind"] == "moe_vae" and state["config"]["experts"] == 3
+    assert state["kind"] == "moe_vae" and state["config"]["moe_vae"]["experts"] == 3
 
 
 def test_batched_experts_equal_one_at_a_time():
@@ -167,7 +164,7 @@ def test_iwae_bound_is_the_elbo_at_one_sample_and_tighter_with_more(kind):
     x = model.prepare(torch.rand(16, 784))
 
     def bound(s, draws=200):
-        model.cfg = dataclasses.replace(model.cfg, importance_samples=s)
+        model.spec = dataclasses.replace(model.spec, importance_samples=s)
         with torch.no_grad():
             return torch.stack([-model(x)["loss"] for _ in range(draws)]).mean()
 
@@ -191,3 +188,34 @@ def test_iwae_training_only_changes_the_loss():
     assert set(out) == {"loss", "iwae_bound"} and torch.equal(out["loss"], -out["iwae_bound"])
     out["loss"].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ModelConfig as f094c6b wrote it into model files (format 2: one flat mapping).
+V2_CONFIG = {"kind": "moe_vae", "encoder": "mlp", "experts": 3, "latent_dim": 4, "hidden": 32,
+             "conv_channels": 32, "activation": "sigmoid", "balancing_weight": 0.1, "components": 10,
+             "learn_prior_weights": True, "mmd_weight": 1000.0, "mmd_proposal_std": 0.2,
+             "importance_samples": 1, "likelihood": "bernoulli", "gaussian_std": 0.5,
+             "manager_encoder": "conv", "manager_hidden": None, "manager_activation": "relu",
+             "manager_batchnorm": False, "manager_input": "sample", "entropy_weight": 10.0,
+             "marginal_entropy_weight": 40.0, "consistency_weight": 100.0, "consistency_eps": 1.5,
+             "augment_weight": 100.0, "manager_warmup_epochs": 1, "top_k": None}
+
+
+def test_a_model_file_written_before_the_nested_params_still_loads(tmp_path):
+    from pipeline.models.checkpoint import upgrade_v2
+    from pipeline.models.registry import model_config
+
+    cfg = model_config({"moe_vae.experts": 3, "net.latent_dim": 4, "net.hidden": 32,
+                        "likelihood.name": "bernoulli", "moe_vae.warmup_epochs": 1,
+                        "moe_vae.manager": {"encoder": "conv", "activation": "relu", "entropy_weight": 10,
+                                            "marginal_entropy_weight": 40, "consistency_weight": 100,
+                                            "augment_weight": 100}})
+    assert upgrade_v2(V2_CONFIG)["moe_vae"]["manager"]["entropy_weight"] == 10.0
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    torch.save({"format": 2, "kind": "moe_vae", "config": V2_CONFIG,
+                "state_dict": model.state_dict()}, tmp_path / "old.pt")
+    back = load_model(tmp_path / "old.pt")
+    assert back.cfg == cfg
+    x = (torch.rand(4, 784) > 0.5).float()
+    assert torch.equal(back.cluster_probs(x), model.cluster_probs(x))

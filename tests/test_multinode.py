@@ -1,4 +1,4 @@
-"""Two real Ray nodes (network namespaces): cross-node DDP, and `pipeline.submit` through
+"""Two real Ray nodes (network namespaces): cross-node DDP, and `pipeline.cluster.submit` through
 the Jobs API running `dvc repro` there and bringing metrics, plots and model back."""
 import json
 import shutil
@@ -14,15 +14,17 @@ import yaml
 from tests.conftest import ROOT
 from tests.multinode import HEAD_IP, WORKER_IP, TwoNodeCluster, unavailable
 
-pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "ok")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "ok")]
 
 DDP_DRIVER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     import ray, ray.train, torch
     from ray.train.torch import TorchTrainer
-    from pipeline.config import params_from_dict, to_dict
-    from pipeline.train import STATE_FILE, train_loop_per_worker
+    from pipeline.core.schema import to_dict
+    from pipeline.params import params_from_dict
+    from pipeline.training.loop import STATE_FILE
+    from pipeline.training.worker import train_loop_per_worker
 
     address, shard_dir, out = sys.argv[1:4]
     ray.init(address=address)
@@ -42,7 +44,7 @@ DDP_DRIVER = textwrap.dedent("""
             Path(config["out"]).write_text(json.dumps(sorted(float(t) for t in seen)))
         train_loop_per_worker(config)
 
-    params = params_from_dict({"model": {"experts": 3, "latent_dim": 4, "hidden": 32},
+    params = params_from_dict({"model": {"moe_vae": {"experts": 3}, "net": {"latent_dim": 4, "hidden": 32}},
                                "train": {"epochs": 2, "batch_size": 40, "lr": 3e-3, "num_workers": 2}})
     trainer = TorchTrainer(
         loop, train_loop_config={"params": to_dict(params), "shard_dir": shard_dir, "threads": 1, "out": out},
@@ -93,7 +95,8 @@ def test_submit_runs_dvc_repro_on_the_cluster_and_brings_outputs_back(cluster, t
     # Raw MNIST from a path both nodes see (the shared-storage route; a user without one
     # would `--include data/raw`); checkpoints on a path both nodes can write.
     params["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=600)
-    params["model"].update(experts=3, hidden=32, latent_dim=4)
+    params["model"]["moe_vae"].update(experts=3, manager={})
+    params["model"]["net"].update(hidden=32, latent_dim=4)
     params["train"].update(epochs=1, batch_size=50, num_workers=2, storage_path=str(tmp_path / "shared"))
     params["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -102,7 +105,7 @@ def test_submit_runs_dvc_repro_on_the_cluster_and_brings_outputs_back(cluster, t
     subprocess.run(git, shell=True, cwd=repo, check=True, env=cluster.env, capture_output=True)
 
     nfs = tmp_path / "nfs"  # stands in for a mount every node has (same machine here)
-    r = cluster.run([sys.executable, "-m", "pipeline.submit", "--address", "http://127.0.0.1:8265",
+    r = cluster.run([sys.executable, "-m", "pipeline.cluster.submit", "--address", "http://127.0.0.1:8265",
                      "--python", sys.executable, "--shared-dir", str(nfs), "--", "dvc", "repro",
                      "evaluate"], cwd=repo, timeout=600)  # the main model; compare/tune alike
     assert r.returncode == 0, f"{r.stdout[-5000:]}\n{r.stderr[-3000:]}"

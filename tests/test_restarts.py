@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
-from pipeline.config import ConfigError, params_from_dict
-from pipeline.restarts import candidate_seed, cluster_information, select
+from pipeline.core.errors import ConfigError
+
+from pipeline.params import params_from_dict
+from pipeline.training.restarts import candidate_seed, cluster_information, select
 
 
 class FixedClusters(torch.nn.Module):
@@ -42,7 +44,7 @@ def test_information_is_log_k_for_confident_balanced_clusters_and_zero_without_a
 
 
 def test_information_is_exact_across_scoring_chunks(monkeypatch):
-    import pipeline.restarts as restarts
+    import pipeline.training.restarts as restarts
 
     table = torch.softmax(torch.randn(50, 5, generator=torch.Generator().manual_seed(0)), -1)
     whole = cluster_information(FixedClusters(table.tolist()), ids(50))
@@ -102,7 +104,7 @@ def test_select_checkpoints_after_every_candidate_and_resumes_where_it_stopped()
     ({"restarts": 0}, {}, "train.restarts=0"),
     ({"restarts": 2, "restart_epochs": 0}, {}, "train.restart_epochs=0"),
     ({"restarts": 2, "restart_epochs": 5, "epochs": 4}, {}, "from 1 to train.epochs=4"),
-    ({"restarts": 2}, {"kind": "vae"}, "use 1 for model.kind=vae"),
+    ({"restarts": 2}, {"kind": "vae"}, "which model.kind=vae has not; use 1"),
 ])
 def test_bad_restart_params_are_one_line_errors(train, model, match):
     with pytest.raises(ConfigError, match=match):
@@ -110,7 +112,7 @@ def test_bad_restart_params_are_one_line_errors(train, model, match):
 
 
 def test_a_sweep_refuses_restarts_before_ray(tiny_shards):
-    from pipeline.tune import run_sweep
+    from pipeline.sweep.run import run_sweep
 
     params = params_from_dict({"train": {"restarts": 2}})
     with pytest.raises(ConfigError, match="train.restarts=2 is for the train stage"):
@@ -120,10 +122,10 @@ def test_a_sweep_refuses_restarts_before_ray(tiny_shards):
 
 
 def test_train_stage_keeps_the_most_informative_of_two_ddp_candidates(ray_session, tiny_shards, tmp_path):
-    from pipeline.train import fit
+    from pipeline.training.driver import fit
 
     params = params_from_dict({
-        "model": {"experts": 3, "latent_dim": 4, "hidden": 32},
+        "model": {"moe_vae": {"experts": 3}, "net": {"latent_dim": 4, "hidden": 32}},
         "train": {"epochs": 2, "batch_size": 40, "lr": 3e-3, "num_workers": 2, "restarts": 2,
                   "restart_epochs": 1, "storage_path": str(tmp_path / "ray_results")},
     })

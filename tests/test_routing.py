@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.models import build_model
+from pipeline.models.registry import build_model
 from pipeline.models.routing import pack
+from tests.conftest import model_cfg
 
 
 def small(**kw):
-    return ModelConfig(experts=4, latent_dim=3, hidden=16, **kw)
+    return model_cfg(experts=4, latent_dim=3, hidden=16, **kw)
 
 
 def test_pack_puts_each_pair_in_its_experts_next_free_row():

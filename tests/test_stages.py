@@ -11,19 +11,19 @@ def run_stage(script, *args, cwd):
 
 
 def test_unknown_param_key(tmp_path):
-    (tmp_path / "params.yaml").write_text("model:\n  expertz: 3\n")
+    (tmp_path / "params.yaml").write_text("model:\n  moe_vae:\n    expertz: 3\n")
     r = run_stage("train.py", "--shards", "s", "--model", "m.pt", "--curves", "c.csv",
                   "--metrics", "t.json", "--snapshots", "s.png", cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "error: params.yaml: unknown key 'model.expertz'; known are " + r.stderr.split("known are ")[1].strip()]
+        "error: params.yaml: unknown key 'model.moe_vae.expertz'; known are " + r.stderr.split("known are ")[1].strip()]
     assert "ray" not in r.stdout.lower()
 
 
 def test_out_of_range_value(tmp_path):
-    (tmp_path / "params.yaml").write_text("model:\n  experts: 0\n")
+    (tmp_path / "params.yaml").write_text("model:\n  moe_vae:\n    experts: 0\n")
     r = run_stage("prepare.py", "--out", "shards", cwd=tmp_path)
-    assert r.returncode == 1 and "model.experts=0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 1 and "model.moe_vae.experts=0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_missing_shards(tmp_path):
@@ -42,36 +42,32 @@ def test_missing_model_for_evaluate(tmp_path, tiny_shards):
     assert not (tmp_path / "e.json").exists()
 
 
-def test_compare_kind_must_be_listed(tmp_path):
-    (tmp_path / "params.yaml").write_text("compare:\n  kinds: [vae]\n")
-    r = run_stage("evaluate.py", "--kind", "gmm_vae", "--shards", "s", "--model", "m.pt",
-                  "--metrics", "e.json", "--plots", "p", cwd=tmp_path)
-    assert r.returncode == 1 and "'gmm_vae' is not in compare.kinds=['vae']" in r.stderr
+def test_preset_must_be_listed_in_its_set(tmp_path):
+    (tmp_path / "params.yaml").write_text("compare:\n  presets: [vae]\n")
+    r = run_stage("evaluate.py", "--set", "compare", "--preset", "gmm_vae", "--shards", "s",
+                  "--model", "m.pt", "--metrics", "e.json", "--plots", "p", cwd=tmp_path)
+    assert r.returncode == 1 and "'gmm_vae' is not in compare.presets=['vae']" in r.stderr
 
 
-def test_compare_table_names_the_missing_run(tmp_path):
-    (tmp_path / "params.yaml").write_text("compare:\n  kinds: [vae]\n")
-    r = run_stage("compare.py", "--metrics-dir", "m", "--markdown", "t.md", "--csv", "t.csv",
+def test_table_names_the_missing_run(tmp_path):
+    (tmp_path / "params.yaml").write_text(f"compare:\n  presets: [vae]\n  presets_dir: {ROOT / 'params'}\n")
+    r = run_stage("table.py", "--set", "compare", "--runs", "m", "--markdown", "t.md", "--csv", "t.csv",
                   cwd=tmp_path)
-    assert r.returncode == 1 and "vae/train.json is missing" in r.stderr
-    assert not (tmp_path / "t.md").exists()
+    assert r.returncode == 1 and "vae/seed0/train.json is missing" in r.stderr
+    assert "dvc repro compare/dvc.yaml" in r.stderr and not (tmp_path / "t.md").exists()
 
 
-def test_compare_table_from_per_kind_metrics(tmp_path):
-    import json
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("model:\n  kind: [vae\n")
+    r = run_stage("prepare.py", "--out", "shards", cwd=tmp_path)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "params.yaml: line 3" in r.stderr or "params.yaml: line 2" in r.stderr
 
-    for kind, acc in (("vae", 0.5), ("gmm_vae", 0.75)):
-        d = tmp_path / "m" / kind
-        d.mkdir(parents=True)
-        (d / "train.json").write_text(json.dumps({"epochs": 2, "train_seconds": 12.3, "parameters": 1234}))
-        (d / "evaluate.json").write_text(json.dumps({"cluster_accuracy": acc, "nmi": 0.4, "ari": 0.3,
-                                                     "test_log_likelihood": -100.0,
-                                                     "test_log_likelihood_sem": 0.5}))
-    (tmp_path / "params.yaml").write_text("compare:\n  kinds: [vae, gmm_vae]\n")
-    r = run_stage("compare.py", "--metrics-dir", "m", "--markdown", "t.md", "--csv", "t.csv",
-                  cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    rows = (tmp_path / "t.csv").read_text().splitlines()
-    assert rows[0].startswith("kind,cluster_accuracy,nmi,ari,test_log_likelihood")
-    assert rows[2].startswith("gmm_vae,0.75,")
-    assert "| gmm_vae | 0.7500 | 0.4000 | 0.3000 | -100.00 | 0.50 | 2 | 12 | 1,234 |" in (tmp_path / "t.md").read_text()
+
+def test_a_truncated_model_file_is_one_line(tmp_path, tiny_shards):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "m.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    r = run_stage("evaluate.py", "--shards", str(tiny_shards), "--model", "m.pt", "--metrics",
+                  "e.json", "--plots", "p", cwd=tmp_path)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "m.pt is not a model file of this project" in r.stderr and not (tmp_path / "e.json").exists()

@@ -1,4 +1,4 @@
-"""pipeline.submit and pipeline.storage without a cluster: what gets uploaded, the output
+"""pipeline.cluster.submit and pipeline.core.storage without a cluster: what gets uploaded, the output
 bundle's round trip, its integrity checks, and storage paths vs URIs."""
 import io
 import subprocess
@@ -7,31 +7,28 @@ import tarfile
 import pytest
 import yaml
 
-from pipeline import storage
-from pipeline.submit import (SubmitError, declared_outputs, from_log, log_frames, pack, selected,
+from pipeline.core import storage
+from pipeline.cluster.submit import (SubmitError, declared_outputs, from_log, log_frames, pack, selected,
                              stage_workspace, unpack)
 from tests.conftest import ROOT
 
 
 def test_declared_outputs_of_the_project_pipeline():
-    outs = selected(declared_outputs(ROOT / "dvc.yaml"), ["metrics", "plots", "models", "compare"])
+    outs = selected(declared_outputs(ROOT / "dvc.yaml"), ["metrics", "plots", "models"])
     assert {"models/model.pt", "metrics/train.json", "plots/train/curves.csv",
-            "metrics/evaluate.json", "plots/evaluate", "compare/table.md"} <= set(outs)
+            "metrics/evaluate.json", "plots/evaluate"} <= set(outs)
     assert "data/shards" not in outs and not [p for p in outs if "${" in p]
-    # foreach stages are expanded over compare.kinds from params.yaml
-    kinds = yaml.safe_load((ROOT / "params.yaml").read_text())["compare"]["kinds"]
-    assert {f"models/compare/{k}.pt" for k in kinds} <= set(outs)
-    assert {f"metrics/compare/{k}/evaluate.json" for k in kinds} <= set(outs)
 
 
-def test_declared_outputs_of_the_results_pipeline_expand_its_matrix():
-    outs = declared_outputs(ROOT / "results/dvc.yaml", ROOT)  # wdir: .. -> paths from the root
-    results = yaml.safe_load((ROOT / "params.yaml").read_text())["results"]
-    for preset in results["presets"]:
-        for seed in results["seeds"]:
-            assert f"models/results/{preset}/seed{seed}.pt" in outs
-            assert f"results/runs/{preset}/seed{seed}/evaluate.json" in outs
-    assert "results/table.md" in outs and not [p for p in outs if "${" in p or ".." in p]
+@pytest.mark.parametrize("set_name", ["compare", "results"])
+def test_declared_outputs_of_an_experiment_pipeline_expand_its_matrix(set_name):
+    outs = declared_outputs(ROOT / set_name / "dvc.yaml", ROOT)  # wdir: .. -> paths from the root
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())[set_name]
+    for preset in cfg["presets"]:
+        for seed in cfg["seeds"]:
+            assert f"models/{set_name}/{preset}/seed{seed}.pt" in outs
+            assert f"{set_name}/runs/{preset}/seed{seed}/evaluate.json" in outs
+    assert f"{set_name}/table.md" in outs and not [p for p in outs if "${" in p or ".." in p]
 
 
 def test_bundle_round_trip_replaces_outputs_and_survives_the_log(tmp_path):
@@ -123,7 +120,7 @@ def test_storage_paths_and_uris(tmp_path, monkeypatch):
 def test_streamed_log_hides_the_bundle_even_when_chunks_split_lines(capsys):
     import asyncio
 
-    from pipeline.submit import MARK, stream
+    from pipeline.cluster.submit import MARK, stream
 
     class FakeClient:
         async def tail_job_logs(self, job_id):

@@ -5,14 +5,15 @@ import psutil
 import pytest
 import torch
 
-from pipeline.config import Params, params_from_dict
-from pipeline.models import model_from_state
-from pipeline.train import TrainError, fit
+from pipeline.params import Params, params_from_dict
+from pipeline.models.checkpoint import model_from_state
+from pipeline.core.errors import TrainError
+from pipeline.training.driver import fit
 
 
 def tiny_params(tmp_path, **train) -> Params:
     return params_from_dict({
-        "model": {"experts": 3, "latent_dim": 4, "hidden": 32},
+        "model": {"moe_vae": {"experts": 3}, "net": {"latent_dim": 4, "hidden": 32}},
         "train": {"epochs": 2, "batch_size": 40, "lr": 3e-3, "num_workers": 2,
                   "storage_path": str(tmp_path / "ray_results"), **train},
     })
@@ -46,7 +47,7 @@ def test_nan_loss_is_one_line_naming_epoch_and_step(ray_session, tiny_shards, tm
 
 
 def test_more_workers_than_shards_fails_before_ray_work(tiny_shards, tmp_path):
-    from pipeline.data import DataError
+    from pipeline.core.errors import DataError
 
     params = dataclasses.replace(tiny_params(tmp_path), train=dataclasses.replace(
         tiny_params(tmp_path).train, num_workers=4))

@@ -9,11 +9,13 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ConfigError, load_params, params_from_dict
-from pipeline.tune_space import LABEL_METRICS, TUNE_METRICS
+from pipeline.core.errors import ConfigError
+
+from pipeline.params import load_params, params_from_dict
+from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS
 from tests.conftest import ROOT
 
-MODEL = {"experts": 2, "latent_dim": 2, "hidden": 16}
+MODEL = {"moe_vae": {"experts": 2}, "net": {"latent_dim": 2, "hidden": 16}}
 
 
 def sweep_params(tmp_path, space, **tune):
@@ -26,7 +28,7 @@ def sweep_params(tmp_path, space, **tune):
 
 
 def report(trials, params, tmp_path):
-    from pipeline.sweep_report import write_report
+    from pipeline.sweep.report import write_report
 
     return write_report(trials, params, 60.0, tmp_path / "sweep", tmp_path / "plots",
                         tmp_path / "metrics.json")
@@ -34,35 +36,36 @@ def report(trials, params, tmp_path):
 
 def test_tiny_sweep_over_the_three_params_writes_table_best_params_and_plots(
         ray_session, tiny_shards, tmp_path, capsys):
-    from pipeline.tune import run_sweep
+    from pipeline.sweep.run import run_sweep
 
-    space = {"model.balancing_weight": {"loguniform": [0.01, 1.0]},
-             "model.latent_dim": {"choice": [2, 3]}, "model.experts": {"choice": [2, 3]}}
+    space = {"model.moe_vae.balancing_weight": {"loguniform": [0.01, 1.0]},
+             "model.net.latent_dim": {"choice": [2, 3]}, "model.moe_vae.experts": {"choice": [2, 3]}}
     params = sweep_params(tmp_path, space, num_samples=3, scheduler="fifo")
     trials = run_sweep(params, tiny_shards)
     best = report(trials, params, tmp_path)
 
-    table = pd.read_parquet(tmp_path / "sweep/results.parquet")
+    table = pd.read_csv(tmp_path / "sweep/table.csv")
     assert len(table) == 3 and set(table.status) == {"finished"} and (table.epochs == 2).all()
-    assert {"model.balancing_weight", "model.latent_dim", "model.experts", "stopped_early",
+    assert {"model.moe_vae.balancing_weight", "model.net.latent_dim", "model.moe_vae.experts", "stopped_early",
             "final_val_log_likelihood", "best_val_log_likelihood", "final_cluster_accuracy"} <= set(table)
-    assert table["model.balancing_weight"].between(0.01, 1.0).all()
-    assert table.equals(pd.read_csv(tmp_path / "sweep/results.csv", keep_default_na=False)
-                        .astype(table.dtypes.to_dict()))
+    assert table["model.moe_vae.balancing_weight"].between(0.01, 1.0).all()
     assert best["final_val_log_likelihood"] == table.final_val_log_likelihood.max()
 
     overlay = yaml.safe_load((tmp_path / "sweep/best_params.yaml").read_text())
-    flat = {f"{s}.{k}": v for s, keys in overlay.items() for k, v in keys.items()}
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            yield from (leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)])
+    flat = dict(leaves(overlay))
     assert set(flat) == set(space)
     applied = load_params(ROOT / "params.yaml", overrides=flat)  # usable by the train stage
-    assert applied.model.latent_dim == best["model.latent_dim"]
+    assert applied.model.net.latent_dim == best["model.net.latent_dim"]
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["trials"] == metrics["finished"] == 3 and metrics["failed"] == 0
     assert metrics["best_val_log_likelihood"] == best["final_val_log_likelihood"]
     curves = pd.read_csv(tmp_path / "plots/curves.csv")
     assert len(curves) == 6 and set(curves.epoch) == {1, 2}
-    assert "model_balancing_weight" in pd.read_csv(tmp_path / "plots/trials.csv")
+    assert "model_moe_vae_balancing_weight" in pd.read_csv(tmp_path / "plots/trials.csv")
     for png in ("metric_vs_params.png", "learning_curves.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 0
 
@@ -72,8 +75,8 @@ def test_tiny_sweep_over_the_three_params_writes_table_best_params_and_plots(
 
 
 def test_asha_stops_a_clearly_worse_trial_after_the_grace_period(ray_session, tiny_shards, tmp_path):
-    from pipeline.sweep_report import results_rows
-    from pipeline.tune import run_sweep
+    from pipeline.sweep.report import results_rows
+    from pipeline.sweep.run import run_sweep
 
     # One at a time, in grid order: the good lr sets rung 1; the near-zero lr is then
     # below the rung's top half (reduction_factor 2) and is stopped after epoch 1.
@@ -89,7 +92,7 @@ def test_asha_stops_a_clearly_worse_trial_after_the_grace_period(ray_session, ti
 
 def test_a_crashing_trial_is_recorded_as_failed_and_the_sweep_goes_on(
         ray_session, tiny_shards, tmp_path, capsys):
-    from pipeline.tune import run_sweep
+    from pipeline.sweep.run import run_sweep
 
     params = sweep_params(tmp_path, {"train.lr": {"grid": [1e12, 3e-3]}}, epochs=1)
     trials = run_sweep(params, tiny_shards)
@@ -117,9 +120,9 @@ def interrupting_log(line: str) -> None:
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         ray_session, tiny_shards, tmp_path):
-    from pipeline.tune import SweepInterrupted, run_sweep
+    from pipeline.sweep.run import SweepInterrupted, run_sweep
 
-    params = sweep_params(tmp_path, {"model.latent_dim": {"grid": [2, 3, 4]}}, scheduler="fifo")
+    params = sweep_params(tmp_path, {"model.net.latent_dim": {"grid": [2, 3, 4]}}, scheduler="fifo")
     with pytest.raises(SweepInterrupted, match="rerun the stage"):
         run_sweep(params, tiny_shards, log=interrupting_log)
     first = list(LINES)
@@ -128,7 +131,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     LINES.clear()
 
     trials = run_sweep(params, tiny_shards, log=interrupting_log)
-    assert sorted(t["config"]["model.latent_dim"] for t in trials) == [2, 3, 4]
+    assert sorted(t["config"]["model.net.latent_dim"] for t in trials) == [2, 3, 4]
     assert all(t["status"] == "finished" and len(t["history"]) == 2 for t in trials)
     started_again = {ln.split()[2] for ln in LINES if " started (" in ln}
     assert started_again and not started_again & done_first  # the finished trial was kept
@@ -138,10 +141,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
 
 @pytest.mark.parametrize("space, needle", [
     ({"model.latnt_dim": {"choice": [8]}}, "unknown key 'model.latnt_dim'"),
-    ({"model.latent_dim": {"choice": [0, 8]}}, "tune.space.model.latent_dim value 0"),
-    ({"model.latent_dim": {"uniform": [2, 8]}}, "use choice for integers"),
-    ({"model.balancing_weight": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
-    ({"model.balancing_weight": {"normal": [0, 1]}}, "use one of ['loguniform'"),
+    ({"model.net.latent_dim": {"choice": [0, 8]}}, "tune.space.model.net.latent_dim value 0"),
+    ({"model.net.latent_dim": {"uniform": [2, 8]}}, "use choice for integers"),
+    ({"model.moe_vae.balancing_weight": {"loguniform": [0, 1]}}, "loguniform needs low > 0"),
+    ({"model.moe_vae.balancing_weight": {"normal": [0, 1]}}, "use one of ['loguniform'"),
     ({"data.shards": {"choice": [2]}}, "only model.* and train.* keys"),
     ({"train.epochs": {"choice": [2]}}, "use tune.epochs"),
     ({"latent_dim": {"choice": [2]}}, "keys are dotted params"),
@@ -167,8 +170,8 @@ def test_bad_tune_settings_are_one_line(tune, needle):
 
 
 def test_default_objective_is_label_free_and_ignores_labels():
-    from pipeline.models import build_model
-    from pipeline.tune import validate
+    from pipeline.models.registry import build_model
+    from pipeline.sweep.run import validate
 
     cfg = load_params(ROOT / "params.yaml").tune
     assert cfg.metric == "val_log_likelihood" and cfg.metric not in LABEL_METRICS
@@ -196,7 +199,7 @@ def test_stage_rejects_a_bad_space_in_one_line_before_ray(tmp_path):
 
 
 def test_a_state_file_truncated_by_a_kill_is_detected(tmp_path):
-    from pipeline.tune import _state_readable
+    from pipeline.sweep.run import _state_readable
 
     assert not _state_readable(tmp_path)  # nothing saved yet
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')

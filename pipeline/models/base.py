@@ -3,27 +3,37 @@
 Training needs only `forward(x) -> dict` (DDP calls forward, so the loss lives there);
 evaluation and plots use the rest. x is what `prepare` makes of grey pixels in [0, 1]:
 (B, 784) passed through `likelihood.prepare` (binarized for the Bernoulli likelihood), or,
-for an MoE-VAE whose manager reads grey pixels (model.manager_input: grey), (B, 2, 784)
+for an MoE-VAE whose manager reads grey pixels (model.moe_vae.manager.input: grey), (B, 2, 784)
 holding that and the grey pixels; `pixels(x)` is the (B, 784) image the likelihood scores.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Type
 
 import torch
 import torch.nn as nn
 
-from pipeline.config import ModelConfig
-from pipeline.losses import build_likelihood
-
 
 class GenerativeModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_pixels: int = 784):
+    """Built from the whole `model` section (registry.ModelConfig): `cfg.net` and
+    `cfg.likelihood` are shared by every kind, `self.spec` is this kind's own block."""
+
+    has_clusters = False  # True: cluster_probs gives a cluster variable (restarts, evaluation)
+
+    def __init__(self, cfg: Any, n_pixels: int = 784):
         super().__init__()
         self.cfg = cfg
+        self.spec = cfg.spec  # e.g. MoEVAEConfig for model.kind: moe_vae
+        self.net = cfg.net
         self.n_pixels = n_pixels
-        self.likelihood = build_likelihood(cfg.likelihood, cfg.gaussian_std)
+        self.likelihood = cfg.likelihood.build()
         self.epoch = 0  # the training epoch under way; see set_epoch
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """This kind's rules across the shared parts of `cfg` (raise core.errors.FieldError,
+        keys relative to `model`); its own block checks itself in __post_init__."""
 
     def prepare(self, grey: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B, D) grey pixels in [0, 1] -> the model input x (Bernoulli: a fresh draw per call)."""
@@ -86,3 +96,11 @@ class GenerativeModel(nn.Module):
         expectation, a lower bound on it (Burda et al. 2016, eq. 8).
         """
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a module in pipeline/models/kinds/ declares as KIND (see registry.py)."""
+    name: str  # model.kind, the module's name, and the key of its params block
+    config: type  # its frozen config dataclass
+    model: Type[GenerativeModel]

@@ -2,18 +2,40 @@
 K parallel convolutional encoders/decoders (grouped convolutions, one group per expert).
 
 Every encoder maps (B, D) -> (K, B, O) and every decoder (K, B, L) -> (K, B, D); the
-single-latent kinds use K = 1 through `Single`. `model.encoder` picks `mlp` or `conv`.
+single-latent kinds use K = 1. `model.net.encoder` picks `mlp` or `conv`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.core.errors import check, positive_int
+from pipeline.core.schema import param
+
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The encoder and decoder blocks every kind builds its networks from."""
+    encoder: str = param("mlp", "mlp (one hidden layer, the seeds) | conv (two 4x4 stride-2 "
+                                "convolutions, then an MLP; transposed convolutions back)")
+    latent_dim: int = param(20, "size of z (each expert's, for moe_vae)")
+    hidden: int = param(128, "width of the hidden layer of every MLP")
+    conv_channels: int = param(32, "channels of the first conv layer (the second has twice as many)")
+    activation: str = param("sigmoid", "sigmoid (the seeds) | relu | elu | tanh")
+
+    def __post_init__(self):
+        check(self.encoder in ("mlp", "conv"), "encoder", self.encoder, "choose 'mlp' or 'conv'")
+        for key in ("latent_dim", "hidden", "conv_channels"):
+            check(positive_int(getattr(self, key)), key, getattr(self, key), "use an integer >= 1")
+        check(self.activation in ACTIVATION_MODULES, "activation", self.activation,
+              f"choose one of {sorted(ACTIVATION_MODULES)}")
 
 
 def mlp(sizes: Sequence[int], activation: str, batchnorm: bool = False) -> nn.Sequential:
@@ -145,14 +167,14 @@ class ConvDecoder(nn.Module):
         return out.view(-1, SIDE * SIDE)
 
 
-def encoder(k: int, cfg, n_pixels: int, n_out: int) -> nn.Module:
+def encoder(k: int, cfg: NetConfig, n_pixels: int, n_out: int) -> nn.Module:
     """K encoders (B, D) -> (K, B, n_out) of the architecture `cfg.encoder` names."""
     if cfg.encoder == "conv":
         return ConvEncoder(k, cfg.conv_channels, cfg.hidden, n_out, cfg.activation)
     return BatchedMLP(k, [n_pixels, cfg.hidden, n_out], cfg.activation, shared_input=True)
 
 
-def decoder(k: int, cfg, n_pixels: int) -> nn.Module:
+def decoder(k: int, cfg: NetConfig, n_pixels: int) -> nn.Module:
     """K decoders (K, B, L) -> (K, B, D) logits, with `.one(k, z)` for a single expert."""
     if cfg.encoder == "conv":
         return ConvDecoder(k, cfg.conv_channels, cfg.hidden, cfg.latent_dim, cfg.activation)

@@ -17,18 +17,56 @@ manager (one hidden layer, no extra terms) stays one param file away.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.losses import global_batch_sum
-from pipeline.models.blocks import ConvEncoder, encoder, mlp
+from pipeline.core.distributed import global_batch_sum
+from pipeline.core.errors import check, positive_int
+from pipeline.core.schema import param
+from pipeline.models.blocks import ACTIVATION_MODULES, ConvEncoder, NetConfig, encoder, mlp
 
 VAT_XI = 10.0  # finite-difference step of the power iteration (IMSAT's value, L2 on [0,1] pixels)
 # R_aug's warp: rotation, isotropic scale and shift drawn uniformly per image, within
 AUG_ROTATE_DEG, AUG_SCALE, AUG_SHIFT_PX = 12.0, 0.1, 2.0
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """The manager's network and the label-free terms that shape its choice (all 0: the seeds')."""
+    encoder: Optional[str] = param(None, "mlp | conv; null = model.net.encoder")
+    hidden: Any = param(None, "list of hidden widths, e.g. [1200, 1200]; null = [model.net.hidden]")
+    activation: Optional[str] = param(None, "null = model.net.activation")
+    batchnorm: bool = param(False, "BatchNorm after each hidden layer (with `hidden` only)")
+    input: str = param("sample", "sample: what the experts model | grey: the grey pixels "
+                                 "(needs model.likelihood.name: bernoulli)")
+    entropy_weight: float = param(0.0, "weight of H(k|x): confident choices (IMSAT)")
+    marginal_entropy_weight: float = param(0.0, "weight of -H(k): balanced choices over the batch (IMSAT)")
+    consistency_weight: float = param(0.0, "weight of KL(p(k|x) || p(k|x + r_adv)), VAT (IMSAT)")
+    consistency_eps: float = param(1.5, "L2 norm of the adversarial perturbation r_adv")
+    augment_weight: float = param(0.0, "weight of KL(p(k|x) || p(k|random affine warp of x))")
+
+    def __post_init__(self):
+        widths = self.hidden
+        check(widths is None or (isinstance(widths, (list, tuple)) and len(widths) > 0
+                                 and all(positive_int(w) for w in widths)),
+              "hidden", widths, "use null or a non-empty list of integers >= 1")
+        if widths is not None:
+            object.__setattr__(self, "hidden", tuple(widths))
+        check(self.encoder in (None, "mlp", "conv"), "encoder", self.encoder,
+              "use null (= model.net.encoder), 'mlp' or 'conv'")
+        check(self.activation is None or self.activation in ACTIVATION_MODULES, "activation",
+              self.activation, f"use null or one of {sorted(ACTIVATION_MODULES)}")
+        for key in ("entropy_weight", "marginal_entropy_weight", "consistency_weight", "augment_weight"):
+            value = getattr(self, key)
+            check(math.isfinite(value) and value >= 0, key, value, "use a number >= 0")
+        check(math.isfinite(self.consistency_eps) and self.consistency_eps > 0, "consistency_eps",
+              self.consistency_eps, "use a number > 0")
+        check(self.input in ("sample", "grey"), "input", self.input,
+              "use 'sample' (the manager reads what the experts model) or 'grey'")
 
 
 class ManagerMLP(nn.Module):
@@ -42,16 +80,23 @@ class ManagerMLP(nn.Module):
         return self.net(x)[None]
 
 
-def build_manager(cfg, n_pixels: int) -> nn.Module:
+def build_manager(cfg: ManagerConfig, net: NetConfig, experts: int, n_pixels: int) -> nn.Module:
     """(B, D) -> (1, B, K) logits. By default the seeds' manager: the experts' block type
-    (model.encoder) with one `hidden` layer; model.manager_* change its architecture."""
-    act = cfg.manager_activation or cfg.activation
-    widths = list(cfg.manager_hidden or [cfg.hidden])
-    if (cfg.manager_encoder or cfg.encoder) == "conv":  # convs, then an MLP head of widths[0]
-        return ConvEncoder(1, cfg.conv_channels, widths[0], cfg.experts, act)
-    if cfg.manager_hidden is None and act == cfg.activation and not cfg.manager_batchnorm:
-        return encoder(1, cfg, n_pixels, cfg.experts)
-    return ManagerMLP([n_pixels, *widths, cfg.experts], act, cfg.manager_batchnorm)
+    (net.encoder) with one `net.hidden` layer; the manager.* params change it."""
+    act = cfg.activation or net.activation
+    widths = list(cfg.hidden or [net.hidden])
+    if (cfg.encoder or net.encoder) == "conv":  # convs, then an MLP head of widths[0]
+        return ConvEncoder(1, net.conv_channels, widths[0], experts, act)
+    if cfg.hidden is None and act == net.activation and not cfg.batchnorm:
+        return encoder(1, net, n_pixels, experts)
+    return ManagerMLP([n_pixels, *widths, experts], act, cfg.batchnorm)
+
+
+def balancing_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Var_k(sum_b p_k(x_b)): population variance over experts of the summed manager
+    probabilities (B, K) of the global batch. Zero iff every expert gets the same mass."""
+    usage = global_batch_sum(probs)  # (K,)
+    return usage.var(unbiased=False)
 
 
 def conditional_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -81,8 +126,9 @@ def vat_loss(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     """Virtual adversarial loss of logits-function f at x (B, D), with log_p the detached
     log p(.|x): one power iteration finds the direction r (|r| = eps) that changes p(.|x)
     the most; the loss is KL(p(x) || p(x + r))."""
-    d = (VAT_XI * _unit(torch.randn_like(x))).requires_grad_()
-    grad, = torch.autograd.grad(_kl_from(log_p, f(x + d)), d)
+    with torch.enable_grad():  # the power iteration needs a gradient, also in no_grad scoring
+        d = (VAT_XI * _unit(torch.randn_like(x))).requires_grad_()
+        grad, = torch.autograd.grad(_kl_from(log_p, f(x + d)), d)
     return _kl_from(log_p, f(x + eps * _unit(grad)))
 
 
@@ -99,7 +145,7 @@ def random_affine(x: torch.Tensor, side: int = 28) -> torch.Tensor:
     return F.grid_sample(x.view(b, 1, side, side), grid, align_corners=False).view(b, -1)
 
 
-def manager_terms(cfg, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+def manager_terms(cfg: ManagerConfig, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                   logits: torch.Tensor, probs: torch.Tensor) -> dict:
     """The weighted manager terms that are switched on, and their sum under 'manager_loss'."""
     parts, total = {}, torch.zeros((), device=x.device)

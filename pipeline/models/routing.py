@@ -1,4 +1,4 @@
-"""Sparse top-k routing for the MoE-VAE (`model.top_k`), as in the sparsely-gated MoE
+"""Sparse top-k routing for the MoE-VAE (`model.moe_vae.top_k`), as in the sparsely-gated MoE
 (Shazeer et al., ICLR 2017) that the seeds cite for the balancing term.
 
     S(x)     = the k experts with the largest p(j|x)
@@ -10,7 +10,7 @@ packed by expert into a (K, C, D) tensor, C = the busiest expert's share of this
 one batched matmul per layer still serves all experts, on K*C ~ k*B rows instead of K*B.
 Padding rows are computed and dropped. With k = 1 every gate is 1: the expert loss sends
 no gradient to the manager, which then learns only from the balancing and IMSAT terms
-(model.*_weight); k >= 2 keeps a gradient between the chosen experts.
+(model.moe_vae.manager.*_weight); k >= 2 keeps a gradient between the chosen experts.
 The balancing term, the manager terms, clustering and log p(x) still use the full p(k|x).
 """
 from __future__ import annotations

@@ -1,0 +1,24 @@
+"""The `evaluate` section of params.yaml."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from pipeline.core.errors import check, positive_int
+from pipeline.core.schema import param
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    iw_samples: int = param(5000, "importance samples per test image for log p(x)")
+    iw_chunk: int = param(500, "samples decoded at once (memory against speed)")
+    batch_size: int = param(100, "test images per batch")
+    seed: int = param(0, "seeds the test-set binarization and the Monte Carlo estimates")
+    ll_limit: Optional[int] = param(None, "null = the whole test set; N = log p(x) of the first N "
+                                          "test images only (clustering always uses all)")
+
+    def __post_init__(self):
+        for key in ("iw_samples", "iw_chunk", "batch_size"):
+            check(positive_int(getattr(self, key)), key, getattr(self, key), "use an integer >= 1")
+        check(self.ll_limit is None or positive_int(self.ll_limit), "ll_limit", self.ll_limit,
+              "use null (whole test set) or an integer >= 1")

@@ -1,0 +1,23 @@
+"""The evaluate stage: load the model and the labelled test split, score, draw, write."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict
+
+from pipeline.core.io import write_json
+from pipeline.data.shards import load_split
+from pipeline.evaluation.config import EvaluateConfig
+from pipeline.evaluation.metrics import evaluate_model
+from pipeline.evaluation.plots import write_evaluation_plots
+from pipeline.models.checkpoint import load_model
+
+
+def evaluate_stage(cfg: EvaluateConfig, shards: Path, model_path: Path, metrics: Path,
+                   plots: Path, log: Callable[[str], None] = print) -> Dict:
+    """Write metrics JSON and the pictures of one model file; return the metrics."""
+    model = load_model(model_path)
+    test = load_split(shards, "test", with_labels=True)
+    result = evaluate_model(model, test.pixels, test.labels, cfg, log=log)
+    write_evaluation_plots(plots, model, test.labels, result, cfg.seed)
+    write_json(metrics, result["metrics"])
+    return result["metrics"]

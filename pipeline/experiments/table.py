@@ -1,0 +1,94 @@
+"""One row per preset, mean +- std over seeds, from the runs' own metrics files.
+
+Reads <set>/runs/<preset>/seed<S>/{train,evaluate}.json, written by the train and
+evaluate stages of <set>/dvc.yaml, so every number in the table comes from the stages.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from pipeline.core.errors import DataError
+from pipeline.core.io import write_rows_csv, write_text
+from pipeline.experiments.config import ExperimentsConfig
+from pipeline.experiments.presets import load_preset
+from pipeline.params import variant
+
+
+def run_dir(runs_dir: Path, preset: str, seed: int) -> Path:
+    return Path(runs_dir) / preset / f"seed{seed}"
+
+
+def read_run_metrics(path: Path, how: str) -> Dict[str, dict]:
+    """{"train": ..., "evaluate": ...} of one run; a missing file says `how` to make it."""
+    found = {}
+    for source in ("train", "evaluate"):
+        file = Path(path) / f"{source}.json"
+        if not file.exists():
+            raise DataError(f"{file} is missing; {how}")
+        found[source] = json.loads(file.read_text())
+    return found
+
+
+def sample_std(values: List[float]) -> float:
+    """Standard deviation with n - 1 in the denominator (0 for a single run)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str, kinds: Dict[str, str]) -> List[Dict]:
+    """One row per preset of `cfg`, aggregated over cfg.seeds (sample std, n - 1: with 3
+    seeds the population std would understate the spread by a fifth). `kinds` maps each
+    preset to its model.kind and likelihood ("moe_vae/bernoulli")."""
+    rows = []
+    for preset in cfg.presets:
+        description, _ = load_preset(Path(cfg.presets_dir) / f"{preset}.yaml")
+        runs = [read_run_metrics(run_dir(runs_dir, preset, s), f"run `dvc repro {set_name}/dvc.yaml` "
+                                 f"(it trains and evaluates every preset for every seed first)")
+                for s in cfg.seeds]
+        train, evaluate = [r["train"] for r in runs], [r["evaluate"] for r in runs]
+        acc = [e["cluster_accuracy"] for e in evaluate]
+        nll = [-e["test_log_likelihood"] for e in evaluate]
+        kind, likelihood = kinds[preset].split("/")
+        rows.append({
+            "preset": preset, "kind": kind, "recipe": description, "seeds": len(runs),
+            "cluster_accuracy_mean": float(np.mean(acc)), "cluster_accuracy_std": sample_std(acc),
+            "nmi_mean": float(np.mean([e.get("nmi", float("nan")) for e in evaluate])),
+            "nll_mean": float(np.mean(nll)), "nll_std": sample_std(nll), "likelihood": likelihood,
+            "ll_images": evaluate[0].get("ll_images", ""), "iw_samples": evaluate[0].get("iw_samples", ""),
+            "epochs": train[0]["epochs"],
+            "train_minutes": float(np.mean([t["train_seconds"] for t in train]) / 60),
+            "hardware": "; ".join(dict.fromkeys(t.get("hardware", "unknown") for t in train)),
+        })
+    return rows
+
+
+def markdown(rows: List[Dict]) -> str:
+    head = ("| preset | kind | recipe | cluster accuracy (mean ± std) | NMI | NLL, nats (mean ± std) "
+            "| likelihood | epochs | train min / seed | hardware |")
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
+    for r in rows:
+        acc = f"{r['cluster_accuracy_mean']:.4f} ± {r['cluster_accuracy_std']:.4f}"
+        nll = f"{r['nll_mean']:.2f} ± {r['nll_std']:.2f}"
+        lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={r['seeds']}) | "
+                     f"{r['nmi_mean']:.4f} | {nll} | {r['likelihood']} ({r['ll_images']} images × "
+                     f"{r['iw_samples']} samples) | {r['epochs']} | {r['train_minutes']:.1f} | "
+                     f"{r['hardware']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(params, set_name: str, runs_dir: Path, md: Path, csv: Path) -> str:
+    """<set>/table.md and table.csv of experiment set `set_name` ('compare' | 'results')
+    of `params` (a pipeline.params.Params); returns the markdown."""
+    cfg: ExperimentsConfig = getattr(params, set_name)
+    kinds = {}
+    for preset in cfg.presets:
+        model = variant(params, set_name, preset, cfg.seeds[0]).model
+        kinds[preset] = f"{model.kind}/{model.likelihood.name}"
+    rows = table_rows(runs_dir, cfg, set_name, kinds)
+    text = markdown(rows)
+    write_rows_csv(csv, rows)
+    write_text(md, text)
+    return text

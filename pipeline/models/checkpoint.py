@@ -1,0 +1,86 @@
+"""The self-describing model file, and the upgrade of files written before the layout of
+params changed (format 2: one flat `model` section).
+
+A model file holds {"format", "kind", "config", "state_dict"} so any later stage rebuilds
+the model from the file alone. It loads with torch.load(weights_only=True): plain
+containers and tensors only, no pickled code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.io import atomic_path
+from pipeline.core.schema import apply_overrides, build, to_dict
+from pipeline.models.base import GenerativeModel
+from pipeline.models.registry import KINDS, ModelConfig, build_model
+
+FORMAT_VERSION = 3
+
+# Format 2 (up to f094c6b) kept every kind's keys in one flat `model` mapping. Frozen
+# history: new kinds never appear here.
+V2_KEYS = {
+    "encoder": ["net.encoder"], "latent_dim": ["net.latent_dim"], "hidden": ["net.hidden"],
+    "conv_channels": ["net.conv_channels"], "activation": ["net.activation"],
+    "likelihood": ["likelihood.name"], "gaussian_std": ["likelihood.gaussian_std"],
+    "experts": ["moe_vae.experts"], "balancing_weight": ["moe_vae.balancing_weight"],
+    "top_k": ["moe_vae.top_k"], "manager_warmup_epochs": ["moe_vae.warmup_epochs"],
+    "manager_encoder": ["moe_vae.manager.encoder"], "manager_hidden": ["moe_vae.manager.hidden"],
+    "manager_activation": ["moe_vae.manager.activation"],
+    "manager_batchnorm": ["moe_vae.manager.batchnorm"], "manager_input": ["moe_vae.manager.input"],
+    "entropy_weight": ["moe_vae.manager.entropy_weight"],
+    "marginal_entropy_weight": ["moe_vae.manager.marginal_entropy_weight"],
+    "consistency_weight": ["moe_vae.manager.consistency_weight"],
+    "consistency_eps": ["moe_vae.manager.consistency_eps"],
+    "augment_weight": ["moe_vae.manager.augment_weight"],
+    "components": ["gmm_vae.components"], "learn_prior_weights": ["gmm_vae.learn_prior_weights"],
+    "mmd_weight": ["mmd_vae.weight"], "mmd_proposal_std": ["mmd_vae.proposal_std"],
+    "importance_samples": ["vae.importance_samples", "gmm_vae.importance_samples"],
+}
+
+
+def upgrade_v2(flat: dict) -> dict:
+    """A format-2 flat model mapping -> the nested `model` section it means."""
+    over = {"kind": flat["kind"]}
+    for key, value in flat.items():
+        for path in V2_KEYS.get(key, []):
+            if path.split(".")[0] in ("net", "likelihood") or path.split(".")[0] in KINDS:
+                over[path] = value
+    return apply_overrides({}, over)
+
+
+def model_state(model: GenerativeModel) -> dict:
+    return {"format": FORMAT_VERSION, "kind": model.cfg.kind, "config": to_dict(model.cfg),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def model_from_state(state: dict) -> GenerativeModel:
+    config = state["config"]
+    if state.get("format", 2) == 2:
+        config = upgrade_v2(config)
+    model = build_model(build(ModelConfig, config, "model"))
+    model.load_state_dict(state["state_dict"])
+    return model
+
+
+def save_model(model: GenerativeModel, path: Union[str, Path]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(model_state(model), tmp)
+
+
+def load_model(path: Union[str, Path]) -> GenerativeModel:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; run the train stage first (dvc repro train)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return model_from_state(state)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: its config no longer builds ({e}); retrain it") from None
+    except Exception as e:  # noqa: BLE001  truncated zip, foreign pickle, missing keys
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path} is not a model file of this project ({first}); "
+                        f"rerun the train stage to write it again") from None

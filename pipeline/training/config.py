@@ -1,0 +1,44 @@
+"""The `train` section of params.yaml."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+from pipeline.core.errors import check, positive_int
+from pipeline.core.schema import param
+
+# Keys that say where and how robustly a run happens, not what it computes: the train
+# stage does not depend on them (changing them reruns nothing), and a sweep cannot set them.
+RUNTIME_KEYS = ("storage_path", "max_failures")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = param(20, "passes over the training split")
+    batch_size: int = param(100, "global batch, split evenly over the workers")
+    lr: float = param(1e-3, "Adam learning rate")
+    seed: int = param(0, "seeds the weights, batch order and noise")
+    num_workers: int = param(1, "Ray Train workers (DDP ranks); 1 is fastest on 2 cores")
+    use_gpu: Union[bool, str] = param("auto", "true | false | auto (a GPU per worker when Ray has them)")
+    storage_path: str = param(".ray_results", "Ray Train checkpoints: a local folder, a shared "
+                                              "mount or a URI (s3://, gs://) on a cluster")
+    max_failures: int = param(0, "worker-group restarts from the last checkpoint before the run fails "
+                                 "(-1: forever)")
+    restarts: int = param(1, "candidate initialisations; keeps the highest label-free I(x;k) "
+                             "(kinds with clusters only)")
+    restart_epochs: int = param(1, "epochs each candidate trains before the choice")
+
+    def __post_init__(self):
+        check(positive_int(self.epochs), "epochs", self.epochs, "use an integer >= 1")
+        check(positive_int(self.num_workers), "num_workers", self.num_workers, "use an integer >= 1")
+        check(self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
+              "batch_size", self.batch_size,
+              f"use a multiple of train.num_workers={self.num_workers} (it is the global batch)")
+        check(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "use a number > 0")
+        check(self.use_gpu in (True, False, "auto"), "use_gpu", self.use_gpu, "use true, false or auto")
+        check(self.max_failures >= -1, "max_failures", self.max_failures,
+              "use -1 (retry forever), 0 or a positive integer")
+        check(self.restarts >= 1, "restarts", self.restarts, "use an integer >= 1 (1 = no restarts)")
+        check(1 <= self.restart_epochs <= self.epochs, "restart_epochs", self.restart_epochs,
+              f"use an integer from 1 to train.epochs={self.epochs}")
