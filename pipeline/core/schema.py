@@ -2,15 +2,15 @@
 
 Every section of params.yaml maps onto a dataclass whose fields carry their own one-line
 description (`param(default, "doc")`); `build` rejects unknown keys and wrong types with
-a one-line ConfigError naming the dotted key, and `describe` feeds the generated
-parameter reference (docs/params.md), so the docs never drift from the code.
+a one-line ConfigError naming the dotted key, and pipeline/paramdoc.py writes the
+parameter reference (docs/params.md) from the descriptions, so the docs never drift.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 from dataclasses import field
-from typing import Any, Dict, Iterator, Optional, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, Optional, Union, get_args, get_origin, get_type_hints
 
 from pipeline.core.errors import ConfigError, FieldError
 
@@ -31,7 +31,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
                 return _coerce(key, value, option)
             except ConfigError:
                 continue
-        raise ConfigError(f"params.yaml: {key}={value!r} has the wrong type; expected {_name(typ)}")
+        raise ConfigError(f"params.yaml: {key}={value!r} has the wrong type; expected {type_name(typ)}")
     if typ is type(None):
         if value is None:
             return None
@@ -54,12 +54,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             return value
     elif typ is Any:
         return value
-    raise ConfigError(f"params.yaml: {key}={value!r} has the wrong type; expected {_name(typ)}")
+    raise ConfigError(f"params.yaml: {key}={value!r} has the wrong type; expected {type_name(typ)}")
 
 
-def _name(typ: Any) -> str:
+def type_name(typ: Any) -> str:
     if get_origin(typ) is Union:
-        return " | ".join(_name(a) for a in get_args(typ))
+        return " | ".join(type_name(a) for a in get_args(typ))
     return "null" if typ is type(None) else getattr(typ, "__name__", str(typ))
 
 
@@ -111,19 +111,3 @@ def apply_overrides(raw: dict, overrides: Dict[str, Any]) -> dict:
             node = child
         node[last] = copy.deepcopy(value)
     return out
-
-
-def describe(cls, prefix: str = "") -> Iterator[Tuple[str, str, Any, str]]:
-    """(dotted key, type, default, doc) of every leaf field of dataclass `cls`, in order."""
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from describe(hints[f.name], key)
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        yield key, _name(hints[f.name]), to_dict(default), f.metadata.get("doc", "")
-
-
-def leaf_keys(cls, prefix: str = "") -> list:
-    return [key for key, _, _, _ in describe(cls, prefix)]
