@@ -17,22 +17,6 @@ from pipeline.core.ray_env import QUIET_ENV  # noqa: E402  (imports no ray)
 for _k, _v in {**QUIET_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
     os.environ.setdefault(_k, _v)
 
-SMALL_KEYS = {"encoder": "net.encoder", "activation": "net.activation",
-              "likelihood": "likelihood.name", "top_k": "moe_vae.top_k"}
-
-
-def small(kind, **kw):
-    """A tiny model config: K = 3 experts, C = 5 components, latent 4, hidden 32, conv 4.
-    Keyword names: encoder, activation, likelihood, top_k, and importance_samples (of kind)."""
-    over = {"kind": kind, "moe_vae.experts": 3, "gmm_vae.components": 5, "net.latent_dim": 4,
-            "net.hidden": 32, "net.conv_channels": 4}
-    for key, value in kw.items():
-        over[SMALL_KEYS.get(key, f"{kind}.{key}")] = value
-    from pipeline.models.registry import model_config
-
-    return model_config(over)
-
-
 def model_cfg(**flat):
     """A ModelConfig from the flat keyword names of format-2 configs (experts=3,
     manager_input="grey", ...), converted by the same upgrade that loads old model files."""

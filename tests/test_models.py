@@ -5,16 +5,19 @@ import math
 import pytest
 import torch
 
-from tests.conftest import small
-
 from pipeline.data.shards import load_split
+from pipeline.models.blocks import BatchedMLP, ConvDecoder, ConvEncoder
 from pipeline.models.checkpoint import load_model, save_model
 from pipeline.models.registry import KINDS, build_model
-from pipeline.models.blocks import BatchedMLP, ConvDecoder, ConvEncoder
 from pipeline.training.loop import component_snapshot, train_epoch
+from tests.conftest import model_cfg
 
 COMPONENTS = {"moe_vae": 3, "gmm_vae": 5}  # cluster count per kind in small(); others: k-means
 KINDS = sorted(KINDS)
+
+
+def small(kind, **kw):
+    return model_cfg(kind=kind, experts=3, components=5, latent_dim=4, hidden=32, conv_channels=4, **kw)
 
 
 @pytest.mark.parametrize("kind", KINDS)
