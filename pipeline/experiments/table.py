@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -38,10 +38,11 @@ def sample_std(values: List[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str, kinds: Dict[str, str]) -> List[Dict]:
+def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str,
+               kinds: Dict[str, Tuple[str, str]]) -> List[Dict]:
     """One row per preset of `cfg`, aggregated over cfg.seeds (sample std, n - 1: with 3
     seeds the population std would understate the spread by a fifth). `kinds` maps each
-    preset to its model.kind and likelihood ("moe_vae/bernoulli")."""
+    preset to its (model.kind, model.likelihood.name)."""
     rows = []
     for preset in cfg.presets:
         description, _ = load_preset(Path(cfg.presets_dir) / f"{preset}.yaml")
@@ -51,7 +52,7 @@ def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str, kinds: Dic
         train, evaluate = [r["train"] for r in runs], [r["evaluate"] for r in runs]
         acc = [e["cluster_accuracy"] for e in evaluate]
         nll = [-e["test_log_likelihood"] for e in evaluate]
-        kind, likelihood = kinds[preset].split("/")
+        kind, likelihood = kinds[preset]
         rows.append({
             "preset": preset, "kind": kind, "recipe": description, "seeds": len(runs),
             "cluster_accuracy_mean": float(np.mean(acc)), "cluster_accuracy_std": sample_std(acc),
@@ -86,7 +87,7 @@ def write_table(params, set_name: str, runs_dir: Path, md: Path, csv: Path) -> s
     kinds = {}
     for preset in cfg.presets:
         model = variant(params, set_name, preset, cfg.seeds[0]).model
-        kinds[preset] = f"{model.kind}/{model.likelihood.name}"
+        kinds[preset] = (model.kind, model.likelihood.name)
     rows = table_rows(runs_dir, cfg, set_name, kinds)
     text = markdown(rows)
     write_rows_csv(csv, rows)
