@@ -41,7 +41,7 @@ def main() -> None:
                 "train.num_workers": workers, "train.epochs": args.epochs,
                 "train.storage_path": str(Path(tmp) / "ray"), "data.shards": 2})
             state = fit(params, shards, log=lambda m: None)
-            last = state["history"][-1]
+            last = state["timings"][-1]
             rows[workers] = (last["images_per_s"], state["hardware"])
             print(f"{workers} worker(s): {last['images_per_s']:7.0f} images/s  ({state['hardware']})",
                   flush=True)

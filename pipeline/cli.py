@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import Interrupted, PipelineError
 from pipeline.params import Params, load_params, variant
 
 
@@ -41,6 +41,9 @@ def run(main: Callable[[], None]) -> None:
     """Run a stage; a known failure prints `error: <one line>` and exits 1, no traceback."""
     try:
         main()
+    except Interrupted as e:
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(130)
     except (PipelineError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

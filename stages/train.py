@@ -11,6 +11,8 @@ def main() -> None:
     p.add_argument("--curves", required=True, help="per-epoch CSV (a DVC plot)")
     p.add_argument("--metrics", required=True, help="final training metrics (JSON)")
     p.add_argument("--snapshots", required=True, help="per-epoch component samples (PNG)")
+    p.add_argument("--record", required=True,
+                   help="the run record (JSON): wall time, throughput, the environment")
     args = p.parse_args()
     params = cli.load(args)  # validated before any Ray work starts
 
@@ -18,7 +20,7 @@ def main() -> None:
 
     state = fit(params, Path(args.shards), log=cli.log)
     write_outputs(state, params, Path(args.model), Path(args.curves), Path(args.metrics),
-                  Path(args.snapshots), log=cli.log)
+                  Path(args.snapshots), Path(args.record), log=cli.log)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,9 @@ def test_comparison_results_and_sweep_pipelines(repo):
     table = (repo / "results/table.md").read_text()
     assert "| moe_imsat | moe_vae |" in table and "| moe_seed | moe_vae |" in table and "(n=2)" in table
     imsat = json.loads((repo / "results/runs/moe_imsat/seed1/train.json").read_text())
-    assert "manager_loss" in imsat["final"] and "worker" in imsat["hardware"]
+    record = json.loads((repo / "results/runs/moe_imsat/seed1/train_run.json").read_text())
+    assert "manager_loss" in imsat["final"] and "worker" in record["hardware"]
+    assert "train_seconds" not in imsat and record["train_seconds"] > 0  # results apart from timings
     assert "manager_loss" not in json.loads((repo / "results/runs/moe_seed/seed0/train.json").read_text())["final"]
 
     sh("dvc repro sweep/dvc.yaml", repo)
@@ -174,7 +176,7 @@ def test_a_new_kind_is_one_module_plus_its_params_block(repo):
     assert state["kind"] == "beta_vae" and state["config"]["beta_vae"]["beta"] == 2.0
     edit_params(repo, lambda p: p["model"]["beta_vae"].update(beta=-1))
     r = subprocess.run("python stages/train.py --shards data/shards --model m.pt --curves c.csv "
-                       "--metrics t.json --snapshots s.png", cwd=repo, shell=True, text=True,
+                       "--metrics t.json --snapshots s.png --record r.json", cwd=repo, shell=True, text=True,
                        capture_output=True, env={**os.environ, "PYTHONPATH": str(repo),
                                                  "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
     assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: model.beta_vae.beta=-1.0 "

@@ -110,7 +110,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(ray
     history, ref_history = state["history"], reference["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     # Epoch 1 came from the checkpoint, wall-clock seconds included: resumed, not restarted.
-    assert history[0] == json.loads(first["history"])[0]
+    assert state["timings"][0] == json.loads(first["timings"])[0]
     # Same seed: the per-(epoch, rank) reseeding makes the resumed run repeat the
     # uninterrupted one; measured identical here, asserted to 1e-6 relative.
     for row, ref in zip(history, ref_history):
@@ -168,7 +168,7 @@ def test_killed_dvc_repro_leaves_no_partial_outputs_and_rerun_resumes(tmp_path, 
             assert proc.poll() is None and time.time() < deadline, "train never checkpointed"
             time.sleep(0.05)
         first = json.loads(torch.load(checkpoints(repo / ".ray_results")[0] / STATE_FILE,
-                                      weights_only=True)["history"])
+                                      weights_only=True)["timings"])
     finally:  # SIGKILL dvc, the stage and its private Ray: no handler gets to tidy up
         try:
             tree = [proc, *psutil.Process(proc.pid).children(recursive=True)]
@@ -184,7 +184,8 @@ def test_killed_dvc_repro_leaves_no_partial_outputs_and_rerun_resumes(tmp_path, 
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text()) if (repo / "dvc.lock").exists() else {}
     assert "train" not in (lock or {}).get("stages", {})
-    for out in ("models/model.pt", "metrics/train.json", "plots/train/curves.csv", "metrics/evaluate.json"):
+    for out in ("models/model.pt", "metrics/train.json", "metrics/train_run.json", "plots/train/curves.csv",
+                "metrics/evaluate.json"):
         assert not (repo / out).exists(), out
     # no half-written temp file or folder from the atomic writers either
     top = (".git", ".dvc", ".dvcignore", ".ray_results")
@@ -197,5 +198,36 @@ def test_killed_dvc_repro_leaves_no_partial_outputs_and_rerun_resumes(tmp_path, 
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     # Resumed, not retrained: epoch 1's wall-clock seconds are the killed run's.
-    assert float(rows[0]["seconds"]) == pytest.approx(first[0]["seconds"], rel=1e-9)
+    record = json.loads((repo / "metrics/train_run.json").read_text())
+    assert record["epochs"][0]["seconds"] == pytest.approx(first[0]["seconds"], rel=1e-9)
     assert "Data and pipelines are up to date" in sh("dvc status evaluate", repo)
+
+
+def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, tmp_path):
+    """SIGINT to the stage's process group (what Ctrl-C in a terminal sends): one line,
+    exit 130, and the rerun resumes from the checkpoint that line names."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "model": {"moe_vae": {"experts": 4}, "net": {"latent_dim": 8, "hidden": 64}},
+        "train": {"epochs": 4, "batch_size": 40, "storage_path": str(tmp_path / "ckpt")}}))
+    cmd = [sys.executable, str(ROOT / "stages/train.py"), "--shards", str(shards), "--model", "m.pt",
+           "--curves", "c.csv", "--metrics", "t.json", "--snapshots", "s.png", "--record", "r.json"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if "epoch 2/4" in line:  # printed once its checkpoint exists
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("train: interrupted at epoch ") and "rerun to resume from the checkpoint after epoch" in last
+    kept = int(last.split("checkpoint after epoch ")[1].split()[0])
+    assert kept >= 2  # the "epoch 2/4" line comes once its checkpoint is registered
+    assert "Traceback" not in err and not (tmp_path / "t.json").exists()
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from the checkpoint after epoch {kept}" in again.stdout
+    assert json.loads((tmp_path / "t.json").read_text())["epochs"] == 4

@@ -54,7 +54,7 @@ def test_information_is_exact_across_scoring_chunks(monkeypatch):
 
 class FakeRun:
     def __init__(self, seed):
-        self.seed, self.history = seed, []
+        self.seed, self.history, self.timings = seed, [], []
 
 
 def run_select(scores, n_epochs=2, **kw):
@@ -63,7 +63,8 @@ def run_select(scores, n_epochs=2, **kw):
 
     def train(run, epoch, label):
         trained.append((run.seed, epoch, label))
-        run.history.append({"epoch": epoch + 1, "seconds": 1.5})
+        run.history.append({"epoch": epoch + 1})
+        run.timings.append({"epoch": epoch + 1, "seconds": 1.5})
 
     best, record = select(len(scores), n_epochs, 7, FakeRun, train,
                           lambda run: scores[(run.seed - 7) // candidate_seed(0, 1)], **kw)

@@ -13,7 +13,7 @@ def run_stage(script, *args, cwd):
 def test_unknown_param_key(tmp_path):
     (tmp_path / "params.yaml").write_text("model:\n  moe_vae:\n    expertz: 3\n")
     r = run_stage("train.py", "--shards", "s", "--model", "m.pt", "--curves", "c.csv",
-                  "--metrics", "t.json", "--snapshots", "s.png", cwd=tmp_path)
+                  "--metrics", "t.json", "--snapshots", "s.png", "--record", "r.json", cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         "error: params.yaml: unknown key 'model.moe_vae.expertz'; known are " + r.stderr.split("known are ")[1].strip()]
@@ -29,7 +29,7 @@ def test_out_of_range_value(tmp_path):
 def test_missing_shards(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
     r = run_stage("train.py", "--shards", "nowhere", "--model", "m.pt", "--curves", "c.csv",
-                  "--metrics", "t.json", "--snapshots", "s.png", cwd=tmp_path)
+                  "--metrics", "t.json", "--snapshots", "s.png", "--record", "r.json", cwd=tmp_path)
     assert r.returncode == 1 and "run the prepare stage first" in r.stderr
     assert not (tmp_path / "m.pt").exists()
 

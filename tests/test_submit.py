@@ -42,7 +42,8 @@ def test_bundle_round_trip_replaces_outputs_and_survives_the_log(tmp_path):
     (ws / "plots/evaluate/stale.png").write_text("old")  # a file the new run no longer makes
     data = pack(cluster, ["plots/evaluate", "metrics/evaluate.json", "dvc.lock", "models/model.pt"])
     log = "epoch 1/1 ...\n" + "\n".join(log_frames(data)) + "\nsubmit: published\n"
-    written = unpack(from_log(log), ws)
+    allowed = ["plots/evaluate", "metrics/evaluate.json", "metrics/train.json", "dvc.lock"]
+    written = unpack(from_log(log), ws, allowed)
     assert written[-1] == "dvc.lock"  # last: the lock never refers to outputs not yet there
     assert sorted(written) == ["dvc.lock", "metrics/evaluate.json", "plots/evaluate"]
     assert (ws / "plots/evaluate/confusion.csv").read_text() == "new"
@@ -59,28 +60,53 @@ def test_corrupt_or_missing_bundle_is_one_line_error():
         from_log("\n".join(lines[:-1]))  # the job died before the end marker
 
 
-def test_bundle_cannot_write_outside_the_workspace(tmp_path):
+def bundle(*members) -> bytes:
+    """A tar.gz of crafted members: (name, type, payload or link target)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("../escaped.txt")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"bad"))
-    (tmp_path / "ws").mkdir()
-    with pytest.raises(SubmitError, match="'../escaped.txt' is not a plain file inside the workspace"):
-        unpack(buf.getvalue(), tmp_path / "ws")
-    assert not (tmp_path / "escaped.txt").exists()
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+                info.mode = 0o755
+                tar.addfile(info)
+    return buf.getvalue()
 
 
-def test_bundle_with_a_link_out_of_the_workspace_is_refused(tmp_path):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info = tarfile.TarInfo("models/link")
-        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tar.addfile(info)
-    (tmp_path / "ws").mkdir()
-    with pytest.raises((SubmitError, tarfile.TarError)):  # ours on 3.11.0-3.11.3, the filter's after
-        unpack(buf.getvalue(), tmp_path / "ws")
-    assert not (tmp_path / "ws" / "models" / "link").exists()
+@pytest.mark.parametrize("members", [
+    [("../escaped.txt", tarfile.REGTYPE, b"bad")],
+    [("/abs.txt", tarfile.REGTYPE, b"bad")],
+    # a member named "." replaced the whole project folder before
+    [(".", tarfile.DIRTYPE, ""), ("./.git/hooks/pre-commit", tarfile.REGTYPE, b"#!/bin/sh\n")],
+    [("pipeline/__init__.py", tarfile.REGTYPE, b"bad")],  # a real path, but not an output
+    [("metrics", tarfile.DIRTYPE, "")],  # the folder above an output
+    [("metrics/evaluate.json", tarfile.SYMTYPE, "/etc/passwd")],
+    [("metrics/evaluate.json", tarfile.LNKTYPE, "pipeline/__init__.py")],
+    [("plots/evaluate/x", tarfile.SYMTYPE, "../../..")],
+    [("metrics/evaluate.json", tarfile.FIFOTYPE, "")],
+], ids=["dotdot", "absolute", "dot", "undeclared", "parent", "symlink", "hardlink", "nested-link", "fifo"])
+def test_a_bundle_writes_only_declared_outputs(tmp_path, members):
+    ws = tmp_path / "ws"
+    (ws / "pipeline").mkdir(parents=True)
+    (ws / "pipeline/__init__.py").write_text("ok")
+    (ws / ".git").mkdir()
+    before = sorted(str(p.relative_to(ws)) for p in ws.rglob("*"))
+    with pytest.raises(SubmitError) as e:
+        unpack(bundle(*members), ws, ["metrics/evaluate.json", "plots/evaluate", "dvc.lock"])
+    assert "not a declared output" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*")) == before  # nothing written
+    assert (ws / "pipeline/__init__.py").read_text() == "ok"
+
+
+def test_a_damaged_bundle_is_one_line(tmp_path):
+    data = bundle(("metrics/evaluate.json", tarfile.REGTYPE, b"{}"))
+    with pytest.raises(SubmitError, match="cannot be unpacked") as e:
+        unpack(data[: len(data) // 2], tmp_path, ["metrics/evaluate.json"])
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
 
 
 def test_upload_holds_git_files_and_includes_but_not_ignored_outputs(tmp_path):

@@ -1,5 +1,8 @@
 """Ray Train: 2-worker DDP on tiny data, one-line failures, loopback-only listeners."""
 import dataclasses
+import json
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -9,6 +12,7 @@ from pipeline.params import Params, params_from_dict
 from pipeline.models.checkpoint import model_from_state
 from pipeline.core.errors import TrainError
 from pipeline.training.driver import fit
+from tests.conftest import ROOT
 
 
 def tiny_params(tmp_path, **train) -> Params:
@@ -26,7 +30,8 @@ def test_ddp_two_workers_learns_and_returns_a_rebuildable_model(ray_session, tin
     hist = state["history"]
     assert [r["epoch"] for r in hist] == [1, 2, 3]
     assert hist[-1]["loss"] < hist[0]["loss"]
-    assert {"expected_expert_loss", "balancing_loss", "images_per_s"} <= set(hist[0])
+    assert {"expected_expert_loss", "balancing_loss"} <= set(hist[0])
+    assert [t["epoch"] for t in state["timings"]] == [1, 2, 3] and state["timings"][0]["images_per_s"] > 0
     assert any("2 worker(s)" in line for line in lines)
     model = model_from_state(state["model"])
     assert model.cfg == params.model
@@ -35,15 +40,53 @@ def test_ddp_two_workers_learns_and_returns_a_rebuildable_model(ray_session, tin
     # Same params again: the run name is stable, so it resumes from the last
     # checkpoint (here: already finished) instead of training from scratch.
     again = fit(params, tiny_shards, log=lines.append)
-    assert again["history"] == hist  # includes wall-clock seconds: nothing was retrained
+    assert again["timings"] == state["timings"]  # wall-clock seconds: nothing was retrained
 
 
-def test_nan_loss_is_one_line_naming_epoch_and_step(ray_session, tiny_shards, tmp_path):
-    params = tiny_params(tmp_path, lr=1e12, epochs=1)
+def test_nan_loss_stops_at_once_whatever_max_failures_says(ray_session, tiny_shards, tmp_path, capfd):
+    # max_failures=-1 retried a NaN from the same checkpoint forever: not a transient fault
+    params = tiny_params(tmp_path, lr=1e12, epochs=1, max_failures=-1)
     with pytest.raises(TrainError) as e:
         fit(params, tiny_shards, log=lambda s: None)
     msg = str(e.value)
     assert "non-finite loss" in msg and "epoch 1, step" in msg and "\n" not in msg
+    # the NaN came in epoch 1: no checkpoint to point to, and none promised
+    assert msg.endswith("no checkpoint was written") and "checkpoint after" not in msg
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_corrupt_shard_of_one_worker_is_one_line_without_a_traceback(ray_session, tiny_shards,
+                                                                        tmp_path, capfd):
+    from pipeline.core.errors import PipelineError
+
+    shard = sorted(tiny_shards.glob("**/train-*.parquet"))[1]  # rank 1's only shard
+    shard.write_bytes(shard.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(PipelineError) as e:
+        fit(tiny_params(tmp_path, max_failures=2), tiny_shards, log=lambda s: None)
+    assert "checksum differs from manifest.json" in str(e.value) and "\n" not in str(e.value)
+    assert shard.name in str(e.value)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_message_names_the_last_checkpoint_only_when_there_is_one(tmp_path):
+    from pipeline.training.driver import interrupted, what_is_kept
+    from pipeline.training.worker import checkpoints
+
+    run = tmp_path / "run"
+    assert checkpoints(str(run)) == (0, 0) and what_is_kept(str(run)) == "no checkpoint was written"
+
+    def register(name):  # what Ray Train's controller writes once a checkpoint is reported
+        (run / name).mkdir(parents=True)
+        (run / "checkpoint_manager_snapshot.json").write_text(
+            json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": name}}))
+
+    register("checkpoint_restart1")
+    assert "after restart candidate 1" in what_is_kept(str(run))
+    register("checkpoint_epoch0003")
+    (run / "checkpoint_epoch0004").mkdir()  # saved, not yet registered: a rerun won't use it
+    assert checkpoints(str(run)) == (3, 0)
+    assert str(interrupted(str(run), 10)) == (f"train: interrupted at epoch 4/10; rerun to resume "
+                                               f"from the checkpoint after epoch 3 in {run}")
 
 
 def test_more_workers_than_shards_fails_before_ray_work(tiny_shards, tmp_path):
@@ -55,17 +98,90 @@ def test_more_workers_than_shards_fails_before_ray_work(tiny_shards, tmp_path):
         fit(params, tiny_shards, log=lambda s: None)
 
 
-def test_local_ray_listens_on_loopback_only(ray_session):
-    ray_names = ("raylet", "gcs_server", "ray::", "dashboard", "default_worker", "runtime_env")
-    exposed = []
-    for c in psutil.net_connections(kind="inet"):
-        if c.status != psutil.CONN_LISTEN or not c.pid:
-            continue
+def listening(procs) -> list:
+    """(process, address) of every listening TCP socket of `procs`."""
+    found = []
+    for proc in procs:
         try:
-            proc = psutil.Process(c.pid)
-            name = " ".join([proc.name()] + proc.cmdline()[:2])
+            found += [(" ".join(proc.cmdline()[:2])[:60], c.laddr) for c in proc.net_connections("inet")
+                      if c.status == psutil.CONN_LISTEN]
         except psutil.Error:
             continue
-        if any(n in name for n in ray_names) and not c.laddr.ip.startswith(("127.", "::ffff:127.", "::1")):
-            exposed.append((name[:60], c.laddr))
+    return found
+
+
+def test_a_local_run_listens_on_loopback_only(ray_session, tiny_shards, tmp_path):
+    """Every listening socket of this test's own Ray processes (not the machine's: another
+    Ray beside the suite is not ours), sampled while a 2-worker DDP run trains."""
+    import threading
+
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(listening(psutil.Process().children(recursive=True)))
+            done.wait(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        fit(tiny_params(tmp_path, epochs=2), tiny_shards, log=lambda s: None)
+    finally:
+        done.set()
+        watcher.join()
+    assert any("default_worker" in name or "ray::" in name for name, _ in seen)  # it saw workers
+    exposed = [(n, a) for n, a in seen if not a.ip.startswith(("127.", "::ffff:127.", "::1"))]
     assert not exposed, exposed
+
+
+def test_two_pipelines_on_one_machine_train_at_once(ray_session, tiny_shards, tmp_path, capfd):
+    """A second private Ray instance (a second run, a dvc exp queue worker) beside this
+    session's: both train, and nothing fails to find its own instance."""
+    script = (f"from pipeline.training.driver import fit\n"
+              f"from tests.test_train_ray import tiny_params\n"
+              f"from pathlib import Path\n"
+              f"fit(tiny_params(Path({str(tmp_path / 'other')!r}), epochs=3), Path({str(tiny_shards)!r}))\n")
+    other = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        state = fit(tiny_params(tmp_path / "ours", epochs=3), tiny_shards, log=lambda s: None)
+        out, _ = other.communicate(timeout=300)
+    finally:
+        other.kill()
+    assert other.returncode == 0, out[-2000:]
+    assert [r["epoch"] for r in state["history"]] == [1, 2, 3] and "epoch 3/3" in out
+    assert "multiple active Ray instances" not in out + capfd.readouterr().err
+
+
+def test_two_runs_of_the_same_params_write_identical_results(ray_session, tiny_shards, tmp_path):
+    """train.json and the curves hold results only: byte for byte equal across two runs on
+    one machine; wall time, throughput and the environment go to the run record."""
+    from pipeline.training.driver import write_outputs
+
+    params = tiny_params(tmp_path, epochs=2, num_workers=1)
+    outputs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        paths = [out / "model.pt", out / "curves.csv", out / "train.json", out / "snap.png", out / "run.json"]
+        write_outputs(fit(params, tiny_shards, log=lambda s: None), params, *paths, log=lambda s: None)
+        outputs.append(paths)  # write_outputs deleted the checkpoints: b trains from scratch
+    (_, curves_a, metrics_a, _, record_a), (_, curves_b, metrics_b, _, record_b) = outputs
+    assert metrics_a.read_bytes() == metrics_b.read_bytes()
+    assert curves_a.read_bytes() == curves_b.read_bytes()
+    assert "seconds" not in metrics_a.read_text() + curves_a.read_text()
+    record = json.loads(record_a.read_text())
+    assert record["train_seconds"] > 0 and len(record["epochs"]) == 2
+    assert {"device", "torch", "blas", "cpu_capability", "threads"} <= set(record["environment"])
+    assert record_a.read_bytes() != record_b.read_bytes()  # the timings differ, as they may
+
+
+def test_portable_cpu_pins_the_kernels_and_is_recorded(ray_session, tiny_shards, tmp_path):
+    from pipeline.training.driver import write_outputs
+
+    params = tiny_params(tmp_path, epochs=1, num_workers=1, portable_cpu=True, threads=1)
+    out = tmp_path / "p"
+    paths = [out / "model.pt", out / "curves.csv", out / "train.json", out / "snap.png", out / "run.json"]
+    write_outputs(fit(params, tiny_shards, log=lambda s: None), params, *paths, log=lambda s: None)
+    env = json.loads(paths[-1].read_text())["environment"]
+    assert env["MKL_CBWR"] == "COMPATIBLE" and env["cpu_capability"] in ("AVX2", "DEFAULT")
+    assert env["threads"] == "1"

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 
-from pipeline.params import load_params, params_from_dict
+from pipeline.params import load_params, params_from_dict, with_overrides
 from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS
 from tests.conftest import ROOT
 
@@ -94,7 +94,9 @@ def test_a_crashing_trial_is_recorded_as_failed_and_the_sweep_goes_on(
         ray_session, tiny_shards, tmp_path, capsys):
     from pipeline.sweep.run import run_sweep
 
-    params = sweep_params(tmp_path, {"train.lr": {"grid": [1e12, 3e-3]}}, epochs=1)
+    # max_failures=-1 retried the diverging trial from its checkpoint forever: a NaN is
+    # not transient, so it fails at once whatever max_failures says
+    params = sweep_params(tmp_path, {"train.lr": {"grid": [1e12, 3e-3]}}, epochs=2, max_failures=-1)
     trials = run_sweep(params, tiny_shards)
     best = report(trials, params, tmp_path)
     status = {t["config"]["train.lr"]: t["status"] for t in trials}
@@ -123,6 +125,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     from pipeline.sweep.run import SweepInterrupted, run_sweep
 
     params = sweep_params(tmp_path, {"model.net.latent_dim": {"grid": [2, 3, 4]}}, scheduler="fifo")
+    # storage as a URI (as s3:// or gs:// on a cluster): it must not become a local folder
+    params = with_overrides(params, {"train.storage_path": f"file://{tmp_path}/uri_results"})
     with pytest.raises(SweepInterrupted, match="rerun the stage"):
         run_sweep(params, tiny_shards, log=interrupting_log)
     first = list(LINES)
@@ -137,6 +141,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert started_again and not started_again & done_first  # the finished trial was kept
     assert any("resuming the sweep" in ln for ln in LINES)
     assert len({t["trial"] for t in trials}) == 3
+    assert list((tmp_path / "uri_results").glob("tune-*/experiment_state-*.json"))
 
 
 @pytest.mark.parametrize("space, needle", [
@@ -198,11 +203,13 @@ def test_stage_rejects_a_bad_space_in_one_line_before_ray(tmp_path):
     assert "ray" not in r.stdout.lower() and not (tmp_path / "sweep").exists()
 
 
-def test_a_state_file_truncated_by_a_kill_is_detected(tmp_path):
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_a_state_file_truncated_by_a_kill_is_detected(tmp_path, as_uri):
     from pipeline.sweep.run import _state_readable
 
-    assert not _state_readable(tmp_path)  # nothing saved yet
+    where = f"file://{tmp_path}" if as_uri else str(tmp_path)
+    assert not _state_readable(where)  # nothing saved yet
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
-    assert _state_readable(tmp_path)
+    assert _state_readable(where)
     (tmp_path / "experiment_state-2026-01-02_00-00-00.json").write_text("")  # newest, empty
-    assert not _state_readable(tmp_path)
+    assert not _state_readable(where)

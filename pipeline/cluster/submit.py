@@ -21,36 +21,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import io
 import itertools
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable, List, Optional
 
 import yaml
 
-from pipeline.core.errors import PipelineError
-from pipeline.core.io import atomic_path
+from pipeline.cluster.bundle import MARK, SubmitError, from_log, log_frames, pack, unpack
 from pipeline.core.storage import get_bytes, join, put_bytes
 
-MARK = "@@moe-vae-outs"
-CHUNK = 4096  # base64 characters per log line
 DEFAULT_OUTS = ["metrics", "plots", "models", "compare", "sweep", "results", "dvc.lock"]
 PIPELINES = ["dvc.yaml", "compare/dvc.yaml", "results/dvc.yaml", "sweep/dvc.yaml"]  # every dvc.yaml whose outputs can come back
-
-
-class SubmitError(PipelineError):
-    """One-line reason a submission failed."""
 
 
 def declared_outputs(dvc_yaml: Path, root: Optional[Path] = None) -> List[str]:
@@ -99,63 +88,12 @@ def selected(paths: Iterable[str], prefixes: Iterable[str]) -> List[str]:
     return [p for p in paths if any(p == q or p.startswith(q + "/") for q in prefixes)]
 
 
-def pack(root: Path, paths: Iterable[str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for rel in paths:
-            if (root / rel).exists():
-                tar.add(root / rel, arcname=rel)
-    return buf.getvalue()
-
-
-DATA_FILTER = hasattr(tarfile, "data_filter")  # Python >= 3.11.4: also refuses links out
-
-
-def check_members(tar: tarfile.TarFile) -> None:
-    """Refuse a bundle member that would land outside the folder it is unpacked in. Links
-    are left to the "data" filter where it exists; without it (3.11.0-3.11.3) they are refused."""
-    for m in tar.getmembers():
-        parts = PurePosixPath(m.name).parts
-        plain = m.isfile() or m.isdir() or (DATA_FILTER and (m.issym() or m.islnk()))
-        if m.name.startswith("/") or ".." in parts or not plain:
-            raise SubmitError(f"output bundle member {m.name!r} is not a plain file inside the "
-                              f"workspace; refusing to unpack the bundle (was it tampered with?)")
-
-
-def unpack(data: bytes, workspace: Path) -> List[str]:
-    """Replace each packed output in `workspace` atomically; the dvc.lock files go last."""
-    with tempfile.TemporaryDirectory(dir=workspace, prefix=".submit-") as tmp:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            check_members(tar)
-            if DATA_FILTER:
-                tar.extractall(tmp, filter="data")
-            else:
-                tar.extractall(tmp)
-            tops = [m.name for m in tar.getmembers()
-                    if not any(m.name.startswith(o.name + "/") for o in tar.getmembers() if o.isdir())]
-        written = []
-        for rel in sorted(tops, key=lambda r: Path(r).name == "dvc.lock"):
-            with atomic_path(workspace / rel) as dest:
-                shutil.move(Path(tmp) / rel, dest)
-            written.append(rel)
-    return written
-
-
-def log_frames(data: bytes) -> List[str]:
-    text = base64.b64encode(data).decode()
-    lines = [f"{MARK} begin {hashlib.sha256(data).hexdigest()}"]
-    lines += [f"{MARK} {text[i:i + CHUNK]}" for i in range(0, len(text), CHUNK)]
-    return lines + [f"{MARK} end"]
-
-
-def from_log(log: str) -> bytes:
-    body = [ln.split(" ", 1)[1] for ln in log.splitlines() if ln.startswith(MARK + " ")]
-    if not body or not body[0].startswith("begin ") or body[-1] != "end":
-        raise SubmitError("the job log holds no complete output bundle; see the log above")
-    data = base64.b64decode("".join(body[1:-1]))
-    if hashlib.sha256(data).hexdigest() != body[0].split()[1]:
-        raise SubmitError("the output bundle in the job log is corrupt (SHA-256 mismatch); rerun")
-    return data
+def outputs_of(root: Path, prefixes: Iterable[str]) -> List[str]:
+    """The declared outputs (and dvc.lock files) under `prefixes`, as in --outs."""
+    declared = [p for name in PIPELINES if (root / name).exists()
+                for p in declared_outputs(root / name, root)]
+    locks = [str(Path(name).with_name("dvc.lock")) for name in PIPELINES]
+    return selected(declared, prefixes) + [p for p in locks if "dvc.lock" in prefixes]
 
 
 def remote(args: argparse.Namespace) -> int:
@@ -185,11 +123,7 @@ def remote(args: argparse.Namespace) -> int:
     if rc != 0:
         print(f"submit: the command exited with {rc}; no outputs published", flush=True)
         return rc
-    declared = [p for name in PIPELINES if (root / name).exists()
-                for p in declared_outputs(root / name, root)]
-    locks = [str(Path(name).with_name("dvc.lock")) for name in PIPELINES]
-    outs = selected(declared, args.outs) + [p for p in locks if "dvc.lock" in args.outs]
-    outs = [p for p in outs if (root / p).exists()]
+    outs = [p for p in outputs_of(root, args.outs) if (root / p).exists()]
     data = pack(root, outs)
     if args.results:
         uri = join(args.results, f"{args.job_id}.tar.gz")
@@ -270,7 +204,7 @@ def submit(args: argparse.Namespace) -> int:
                               f"give --results a location this machine can read") from e
     else:
         data = from_log(client.get_job_logs(job_id))
-    written = unpack(data, root)
+    written = unpack(data, root, outputs_of(root, args.outs))
     print(f"submit: wrote {', '.join(written)} into {root}", flush=True)
     return 0
 

@@ -55,6 +55,17 @@ def any_rank(flag: bool) -> bool:
     return bool(sum_over_ranks(torch.tensor([float(flag)])).item() > 0)
 
 
+def first_message(message: str) -> str:
+    """The first non-empty `message` over the ranks, on every rank ("" if none): how a
+    failure seen by one rank (a corrupt shard) stops all of them before any collective
+    that would otherwise wait for it forever."""
+    if not distributed():
+        return message
+    every = [""] * dist.get_world_size()
+    dist.all_gather_object(every, message)
+    return next((m for m in every if m), "")
+
+
 def mean_over_ranks(sums: Dict[str, float], count: int) -> Dict[str, float]:
     """{key: sum over ranks of sums[key] / sum over ranks of count}."""
     keys = sorted(sums)

@@ -32,6 +32,11 @@ class TrainError(PipelineError, RuntimeError):
     """A failed training run or sweep, with a one-line reason."""
 
 
+class Interrupted(PipelineError):
+    """Ctrl-C (SIGINT) during a stage; the message says what a rerun resumes from. Stage
+    scripts exit 130, the shell's code for it."""
+
+
 def check(ok: bool, key: str, value: Any, fix: str) -> None:
     """Raise FieldError(key, value, fix) unless `ok`."""
     if not ok:

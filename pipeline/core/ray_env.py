@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 
 # Set before Ray is imported anywhere in this process, and inherited by every Ray process.
 QUIET_ENV = {
@@ -17,6 +19,13 @@ QUIET_ENV = {
 }
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_ray(num_cpus: int | None = None) -> str:
     """Attach to $RAY_ADDRESS if set, else start a private local instance on loopback.
 
@@ -27,9 +36,14 @@ def init_ray(num_cpus: int | None = None) -> str:
     """
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
+    if not sys.stdout.isatty():  # worker lines forwarded to a log or a pipe: no ANSI colours
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     address = os.environ.get("RAY_ADDRESS")
     if not address:  # read when ray is first imported, so set it before that
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Train's preemption watcher guards against nodes drained by a cluster; one machine
+        # has none to drain, and the watcher's start logs an error line on every run.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     import ray
 
     if ray.is_initialized():
@@ -39,6 +53,19 @@ def init_ray(num_cpus: int | None = None) -> str:
         return f"ray: attached to the cluster at {address}"
     # The dashboard process serves the state API that Ray Train's placement-group cleaner
     # polls; without it the cleaner warns every few seconds. It binds 127.0.0.1 here.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             logging_level=logging.ERROR, log_to_driver=True, configure_logging=True)
+    # The cleaner finds that API by address auto-detection, which fails ("Found multiple
+    # active Ray instances") while a second pipeline runs on this machine; naming our own
+    # dashboard in the environment the Ray processes inherit at their start addresses it
+    # explicitly (and only there: this process's later children must not inherit it).
+    port, before = free_port(), os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, logging_level=logging.ERROR, log_to_driver=True,
+                 configure_logging=True)
+    finally:
+        if before is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS")
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = before
     return f"ray: started a local instance on 127.0.0.1 with {int(ray.cluster_resources()['CPU'])} CPUs"

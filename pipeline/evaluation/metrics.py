@@ -106,8 +106,9 @@ def evaluate_model(model: GenerativeModel, pixels: np.ndarray, labels: np.ndarra
         lls.append(iw_log_likelihood(model, xb, cfg.iw_samples, cfg.iw_chunk))
         if (i + 1) % report_every == 0:
             seen = sum(len(t) for t in lls)
+            spent = time.perf_counter() - t0
             log(f"log-likelihood: {seen}/{n_ll} images, mean {torch.cat(lls).mean():.2f} nats, "
-                f"{time.perf_counter() - t0:.0f}s")
+                f"{spent:.0f}s, ETA {spent / seen * (n_ll - seen):.0f}s")
     ll = torch.cat(lls)
     metrics["test_log_likelihood"] = float(ll.mean())
     metrics["test_log_likelihood_sem"] = float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else 0.0

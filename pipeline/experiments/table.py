@@ -30,6 +30,10 @@ def read_run_metrics(path: Path, how: str) -> Dict[str, dict]:
         if not file.exists():
             raise DataError(f"{file} is missing; {how}")
         found[source] = json.loads(file.read_text())
+    record = Path(path) / "train_run.json"  # wall time and hardware; runs made before the
+    if record.exists():                     # record existed kept them in train.json
+        found["train"].update({k: v for k, v in json.loads(record.read_text()).items()
+                               if k in ("train_seconds", "hardware")})
     return found
 
 

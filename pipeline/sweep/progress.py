@@ -44,11 +44,17 @@ class Progress(tune.Callback):
                  f"sweep): {fmt(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if isinstance(result.get("diverged"), str):  # run.py: the trial's loss went non-finite
+            self.log(f"tune: trial {short(trial)} FAILED ({fmt(trial.config)}): {result['diverged']}; "
+                     f"not retried, the sweep goes on")
+            return
         self.log(f"tune: trial {short(trial)} epoch {result['epoch']}/{self.max_t}  {self.metric} "
                  f"{result[self.metric]:.4g}  ({result['seconds']:.0f}s)")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
+        if isinstance(last.get("diverged"), str):
+            return  # said in on_trial_result
         value, epochs = last.get(self.metric, float("nan")), last.get("epoch", 0)
         how = "finished" if epochs >= self.max_t else f"stopped early at epoch {epochs}"
         if value == value and self._better(value):

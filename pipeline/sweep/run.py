@@ -14,26 +14,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
 
 from pipeline.core.errors import ConfigError, DataError, TrainError
+from pipeline.core.storage import filesystem, join, resolve_storage
 from pipeline.core.schema import apply_overrides, to_dict
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.evaluation.metrics import cluster_scores, iw_log_likelihood, prepare_test
 from pipeline.models.registry import build_model
 from pipeline.params import Params, params_from_dict
 from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS, param_space, trial_count
-from pipeline.training.loop import load_state, make_optimizer, save_state, train_epoch
+from pipeline.training.loop import (NonFiniteLossError, load_state, make_optimizer, save_state,
+                                    train_epoch)
 
 Log = Callable[[str], None]
+
+
+DIVERGED = "diverged"  # the key of a trial's last row when its loss went non-finite
 
 
 class SweepInterrupted(TrainError):
@@ -108,8 +114,15 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         start = load_state(ckpt, model, opt, device)["epoch"]
     for epoch in range(start, setup.epochs):
         t0 = time.perf_counter()
-        parts = train_epoch(model, model, opt, pixels, tcfg.batch_size, steps, epoch, tcfg.seed,
-                            0, device)
+        try:
+            parts = train_epoch(model, model, opt, pixels, tcfg.batch_size, steps, epoch, tcfg.seed,
+                                0, device)
+        except NonFiniteLossError as e:
+            # Not transient: a retry from the last checkpoint (tune.max_failures) would
+            # diverge the same way. End the trial with a row that says so instead.
+            # No metric in it: ASHA skips such a row (and run_sweep lets Tune accept it).
+            tune.report({"epoch": epoch + 1, DIVERGED: str(e)})
+            return
         seconds = time.perf_counter() - t0
         val = validate(model, x_val, labels_val, setup.val_iw_samples, params.evaluate.seed)
         row = {"epoch": epoch + 1, **parts, **val, "seconds": seconds,
@@ -127,14 +140,20 @@ def sweep_name(params: Params, manifest: dict) -> str:
     return f"tune-{params.model.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def _state_readable(path: Path) -> bool:
+def _state_readable(uri: str) -> bool:
     """Tune restores from the newest experiment_state-*.json, copied non-atomically to the
     storage path; a process killed during that copy leaves it empty, and Tune would then
-    go on with a broken state instead of failing."""
-    states = sorted(path.glob("experiment_state-*.json"))
+    go on with a broken state instead of failing. `uri`: a local path or any URI."""
+    import pyarrow.fs
+
+    fs, path = filesystem(uri)
+    states = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(path))
+                    if PurePosixPath(i.path).name.startswith("experiment_state-")
+                    and i.path.endswith(".json"))
     try:
-        return bool(states) and isinstance(json.loads(states[-1].read_text()), dict)
-    except ValueError:
+        with fs.open_input_stream(states[-1]) as f:
+            return isinstance(json.loads(f.read()), dict)
+    except (IndexError, ValueError):
         return False
 
 
@@ -177,16 +196,22 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     total = trial_count(cfg.space, cfg.search, cfg.num_samples)
     name = sweep_name(params, manifest)
-    path = Path(params.train.storage_path).resolve() / name
+    # A URI (s3://, gs://, file://) passes through, as in training: on a cluster every
+    # node must reach the trials' checkpoints, so they cannot go to a node-local folder.
+    storage = resolve_storage(params.train.storage_path)
+    path = join(storage, name)
     mode = TUNE_METRICS[cfg.metric]
+    # a diverged trial's last row carries no metric (run_trial); Tune checks every row for it
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if tune.Tuner.can_restore(path) and not _state_readable(path):
-        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-        path.rename(aside)
+        aside = f"{name}.unreadable-{int(time.time())}"
+        fs, fs_path = filesystem(path)
+        fs.move(fs_path, fs_path[: -len(name)] + aside)
         log(f"tune: the saved sweep state in {path} is unreadable (process killed while saving "
-            f"it?); moved to {aside.name}, starting the sweep again")
+            f"it?); moved to {aside}, starting the sweep again")
     if tune.Tuner.can_restore(path):
         log(f"tune: resuming the sweep in {path} (finished and failed trials are kept)")
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
     else:
         log(f"tune: {total} trials x up to {epochs} epochs, {cfg.search} search, {cfg.scheduler} "
@@ -202,7 +227,7 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
                 search_alg=tune.search.BasicVariantGenerator(
                     max_concurrent=cfg.max_concurrent_trials, random_state=cfg.seed)),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(path.parent), verbose=0,
+                name=name, storage_path=storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 # progress.csv per trial feeds Result.metrics_dataframe (QUIET_ENV turns
@@ -222,9 +247,10 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
         hist = [] if r.metrics_dataframe is None else r.metrics_dataframe.to_dict("records")
         hist = [{k: v for k, v in row.items() if k not in tune_keys and "/" not in k}
                 for row in hist]  # our per-epoch row, without Tune's bookkeeping
+        diverged = hist.pop()[DIVERGED] if hist and isinstance(hist[-1].get(DIVERGED), str) else ""
         trials.append({"trial": (r.metrics or {}).get("trial_id") or Path(r.path).name,
                        "config": {k: r.config[k] for k in cfg.space},
-                       "status": "failed" if r.error else
+                       "status": "failed" if r.error or diverged else
                        ("finished" if hist and hist[-1]["epoch"] >= epochs else "stopped"),
-                       "error": last_line(r.error) if r.error else "", "history": hist})
+                       "error": last_line(r.error) if r.error else diverged, "history": hist})
     return trials

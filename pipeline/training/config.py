@@ -28,6 +28,11 @@ class TrainConfig:
     restarts: int = param(1, "candidate initialisations; keeps the highest label-free I(x;k) "
                              "(kinds with clusters only)")
     restart_epochs: int = param(1, "epochs each candidate trains before the choice")
+    threads: int = param(0, "intra-op CPU threads a worker (0: the CPUs Ray gives it); the "
+                            "numbers depend on it, so the run record keeps it")
+    portable_cpu: bool = param(False, "pin the CPU kernels (MKL_CBWR=COMPATIBLE, ATen AVX2) so a "
+                                      "run repeats bit for bit on any x86-64 CPU with AVX2 at the "
+                                      "same train.threads; slower, see docs/pipeline.md")
 
     def __post_init__(self):
         check(positive_int(self.epochs), "epochs", self.epochs, "use an integer >= 1")
@@ -39,6 +44,9 @@ class TrainConfig:
         check(self.use_gpu in (True, False, "auto"), "use_gpu", self.use_gpu, "use true, false or auto")
         check(self.max_failures >= -1, "max_failures", self.max_failures,
               "use -1 (retry forever), 0 or a positive integer")
+        check(isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 0,
+              "threads", self.threads, "use 0 (the CPUs Ray gives a worker) or an integer >= 1")
+        check(isinstance(self.portable_cpu, bool), "portable_cpu", self.portable_cpu, "use true or false")
         check(self.restarts >= 1, "restarts", self.restarts, "use an integer >= 1 (1 = no restarts)")
         check(1 <= self.restart_epochs <= self.epochs, "restart_epochs", self.restart_epochs,
               f"use an integer from 1 to train.epochs={self.epochs}")

@@ -5,20 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from pipeline.core.errors import DataError, TrainError
+from pipeline.core.errors import DataError, Interrupted, TrainError
 from pipeline.core.figures import save_components_over_epochs
 from pipeline.core.io import atomic_path, write_json, write_rows_csv
 from pipeline.core.schema import to_dict
 from pipeline.core.storage import delete_tree, join, resolve_storage
 from pipeline.data.shards import read_manifest, shard_rows
 from pipeline.params import Params
-from pipeline.training.loop import STATE_FILE
-from pipeline.training.worker import train_loop_per_worker
+from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE
+from pipeline.training.worker import checkpoints, train_loop_per_worker
 
 
 def run_name(params: Params, manifest: dict) -> str:
@@ -41,6 +42,49 @@ def check_before_ray(params: Params, shard_dir: Path) -> dict:
     return manifest
 
 
+def what_is_kept(run_dir: str) -> str:
+    epoch, candidate = checkpoints(run_dir)
+    if epoch or candidate:
+        return (f"the checkpoint after {f'epoch {epoch}' if epoch else f'restart candidate {candidate}'}"
+                f" is in {run_dir}")
+    return "no checkpoint was written"
+
+
+def interrupted(run_dir: str, epochs: int) -> Interrupted:
+    epoch, candidate = checkpoints(run_dir)
+    if epoch:
+        return Interrupted(f"train: interrupted at epoch {epoch + 1}/{epochs}; rerun to resume from "
+                           f"the checkpoint after epoch {epoch} in {run_dir}")
+    if candidate:
+        return Interrupted(f"train: interrupted while choosing a restart; rerun to resume after "
+                           f"candidate {candidate} from {run_dir}")
+    return Interrupted("train: interrupted before the first checkpoint; rerun to start again")
+
+
+def fit_interruptibly(trainer):
+    """trainer.fit() in a helper thread, so that Ctrl-C reaches this one as KeyboardInterrupt.
+
+    In the main thread Ray Train installs its own SIGINT handler, which aborts the run and
+    leaves the process with exit status 1 and no word of what was kept. Off the main
+    thread it installs none; the caller then reports the last checkpoint and exits 130,
+    and Ray's exit hook stops the run (its checkpoints stay, to resume from)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001  (re-raised in the calling thread)
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> dict:
     """Train with Ray Train; return the final state {"model", "history", ...}."""
     shard_dir = Path(shard_dir).resolve()
@@ -50,7 +94,9 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
     log(init_ray())
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.training.loopback import LoopbackTorchConfig, loopback_env
 
     tcfg = params.train
     resources = ray.cluster_resources()
@@ -62,13 +108,22 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
                 f"workers, training on CPU (gloo)")
     local = not os.environ.get("RAY_ADDRESS")
     cpus = resources.get("CPU", 1) / tcfg.num_workers if local else 1
+    threads = tcfg.threads or max(1, int(cpus))
     per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     name = run_name(params, manifest)
     storage = resolve_storage(tcfg.storage_path)  # a URI (s3://, gs://) passes through
+    run_dir = join(storage, name)
+    backend = "nccl" if use_gpu else "gloo"
+    if local:  # Train registers a reported checkpoint at its next poll: poll sooner
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    env = {**QUIET_ENV, **(loopback_env() if local else {}),
+           **(PORTABLE_CPU_ENV if tcfg.portable_cpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"params": to_dict(params), "shard_dir": str(shard_dir),
-                           "threads": max(1, int(cpus))},
+        train_loop_config={"params": to_dict(params), "shard_dir": str(shard_dir), "threads": threads,
+                           "run_dir": run_dir},
+        # local: rendezvous through a file and loopback sockets only (loopback.py)
+        torch_config=LoopbackTorchConfig(backend=backend) if local else TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -78,45 +133,60 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
             # Train's INFO lines (and, without a dashboard, the placement-group cleaner's
             # state-API warnings) would bury the per-epoch progress; errors still show.
             logging_config=ray.train.LoggingConfig(log_level="ERROR"),
-            worker_runtime_env={"env_vars": dict(QUIET_ENV)}),
+            worker_runtime_env={"env_vars": env}),
     )
     log(f"training {params.model.kind} on {tcfg.num_workers} worker(s) "
-        f"({'GPU, nccl' if use_gpu else 'CPU, gloo'}); checkpoints in {join(storage, name)}")
+        f"({'GPU, nccl' if use_gpu else 'CPU, gloo'}); checkpoints in {run_dir}")
+
     try:
-        result = trainer.fit()
+        result = fit_interruptibly(trainer)
     except ray.train.TrainingFailedError as e:
         failures = getattr(e, "worker_failures", {}) or {}
         causes = sorted({str(f).strip().splitlines()[-1] for f in failures.values()}) or [str(e)]
-        raise TrainError(f"training failed: {causes[0]}; the last good checkpoint stays in "
-                         f"{join(storage, name)}") from e
+        raise TrainError(f"training failed: {causes[0]}; {what_is_kept(run_dir)}") from e
+    except KeyboardInterrupt:
+        ray.shutdown()  # the run stops here, so the checkpoint named is the one kept
+        raise interrupted(run_dir, tcfg.epochs) from None
+    error = (result.return_value or {}).get("error")
+    if error:  # not retried: the same checkpoint would fail the same way (worker.py)
+        raise TrainError(f"training stopped: {error}; {what_is_kept(run_dir)}")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    state["history"] = json.loads(state["history"])
-    state["restarts"] = json.loads(state.get("restarts", "{}"))
-    state["run_dir"] = join(storage, name)
+    for key in ("history", "timings", "restarts", "environment"):
+        state[key] = json.loads(state.get(key, "{}" if key in ("restarts", "environment") else "[]"))
+    state["run_dir"] = run_dir
     return state
 
 
 def write_outputs(state: dict, params: Params, model_path: Path, curves: Path, metrics: Path,
-                  snapshots: Path, log: Callable[[str], None] = print) -> None:
+                  snapshots: Path, record: Path, log: Callable[[str], None] = print) -> None:
     """The train stage's outputs from fit()'s final state, each written atomically; then
-    the finished run's checkpoints are deleted (nothing is left to resume)."""
+    the finished run's checkpoints are deleted (nothing is left to resume).
+
+    Results and timings are kept apart: `metrics` and `curves` hold only what params,
+    seed and the numerics decide (two runs on one machine give the same bytes); `record`
+    holds the wall time, throughput and the environment that repeating the run needs."""
     with atomic_path(model_path) as tmp:
         torch.save(state["model"], tmp)
-    history = state["history"]
+    history, timings, restarts = state["history"], state["timings"], state["restarts"]
     write_rows_csv(curves, history)
     save_components_over_epochs(snapshots, state["snapshots"].numpy(), params.model.kind)
-    last, restarts = history[-1], state["restarts"]
     write_json(metrics, {
-        "final": {k: v for k, v in last.items() if k not in ("epoch", "seconds")},
-        "epochs": last["epoch"],
-        # the discarded restarts' epochs count: the wall time of the whole recipe
-        "train_seconds": sum(r["seconds"] for r in history) + restarts.get("discarded_seconds", 0.0),
+        "final": {k: v for k, v in history[-1].items() if k != "epoch"},
+        "epochs": history[-1]["epoch"],
         "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
+        **({"restarts": {k: v for k, v in restarts.items() if k != "discarded_seconds"}}
+           if restarts else {}),
+    })
+    write_json(record, {
+        # the discarded restarts' epochs count: the wall time of the whole recipe
+        "train_seconds": sum(t["seconds"] for t in timings) + restarts.get("discarded_seconds", 0.0),
+        "images_per_s": timings[-1]["images_per_s"] if timings else None,
         "hardware": state.get("hardware", "unknown"),
-        **({"restarts": restarts} if restarts else {}),
+        "environment": state["environment"],
+        "epochs": timings,
     })
     kept = delete_tree(state["run_dir"])
     if kept:
         log(f"train: {kept}; delete it by hand")
-    log(f"train: wrote {model_path}, {curves}, {snapshots}, {metrics}")
+    log(f"train: wrote {model_path}, {curves}, {snapshots}, {metrics}, {record}")

@@ -3,21 +3,25 @@ device-agnostic uint8 pixels, the optimizer, the per-epoch checkpoint and the sn
 of every component. No Ray here (worker.py and the sweep call it)."""
 from __future__ import annotations
 
+import os
 import platform
+import re
 from pathlib import Path
 from typing import Dict
 
 import torch
 
 from pipeline.core.distributed import any_rank, mean_over_ranks
+from pipeline.core.errors import TrainError
 from pipeline.models.base import GenerativeModel
 from pipeline.models.checkpoint import model_state
 
 STATE_FILE = "state.pt"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised on every rank at once when any rank sees a NaN/inf loss."""
+class NonFiniteLossError(TrainError):
+    """Raised on every rank at once when any rank sees a NaN/inf loss. Not transient:
+    retrying from the same checkpoint gives the same loss, so nothing retries it."""
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -54,17 +58,44 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     return mean_over_ranks(sums, steps)
 
 
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in
+             (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if ln.startswith("model name")]
+    return names[0] if names else platform.processor() or "CPU"
+
+
 def describe_hardware(device: torch.device, world: int, threads: int) -> str:
     """What trained, for the results table: e.g. '1 worker x AMD EPYC 7B13 (2 threads)'."""
-    if device.type == "cuda":
-        what = torch.cuda.get_device_name(device)
-    else:
-        cpuinfo = Path("/proc/cpuinfo")
-        names = [ln.split(":", 1)[1].strip() for ln in
-                 (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-                 if ln.startswith("model name")]
-        what = f"{names[0] if names else platform.processor() or 'CPU'} ({threads} threads)"
+    what = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{cpu_model()} ({threads} threads)")
     return f"{world} worker{'s' if world > 1 else ''} x {what}"
+
+
+# The settings that decide a CPU run's floating-point results besides params and seed.
+PORTABLE_CPU_ENV = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2",
+                    "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def describe_environment(device: torch.device, threads: int) -> Dict[str, str]:
+    """What repeating a run needs besides its params and seed (the run record): the same
+    values here give the same numbers on a CPU (see docs/pipeline.md, Reproducibility)."""
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    mkl = re.search(r"Math Kernel Library Version ([\w.]+)", config)
+    env = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "torch": torch.__version__,
+        "blas": f"{blas.group(1) if blas else '?'}{' ' + mkl.group(1) if mkl else ''}",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": str(threads),
+        "python": platform.python_version(),
+    }
+    env.update({k: os.environ[k] for k in PORTABLE_CPU_ENV if k in os.environ})
+    if device.type == "cuda":
+        env["cuda"] = str(torch.version.cuda)
+    return env
 
 
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:

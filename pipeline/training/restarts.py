@@ -64,7 +64,7 @@ def select(n: int, epochs: int, seed: int, new_run: Callable[[int], Any],
     """Train n candidate runs for `epochs` epochs each and return the best with a record
     {"scores", "chosen", "epochs", "discarded_seconds"} for train.json.
 
-    new_run(seed) -> a fresh run (weights initialised from that seed) with a .history list
+    new_run(seed) -> a fresh run (weights initialised from that seed) with a .timings list
     of per-epoch rows that carry "seconds"; train(run, epoch, label) trains one epoch;
     score(run) -> I(x; k). Only the best candidate so far is kept in memory; the first
     wins a tie, so candidate 0 (train.seed itself) wins unless another is strictly better.
@@ -88,7 +88,7 @@ def select(n: int, epochs: int, seed: int, new_run: Callable[[int], Any],
         if best is None or scores[-1] > scores[chosen]:
             loser, best, chosen = best, run, r
         if loser is not None:
-            discarded += sum(row["seconds"] for row in loser.history)
+            discarded += sum(row["seconds"] for row in loser.timings)
         record = {"scores": list(scores), "chosen": chosen, "epochs": epochs,
                   "discarded_seconds": discarded}
         save(best, record)

@@ -3,6 +3,11 @@ restarts if asked), report every epoch with a checkpoint, resume from the last o
 
 Each worker reads only shards[rank::world] (no Ray Data: MNIST fits in memory, and Ray
 Data would need CPUs the 2-core default machine doesn't have).
+
+A failure that a retry cannot fix (corrupt data, a non-finite loss) is agreed on by every
+rank and *returned* as {"error": line}, not raised: Ray Train retries any raised worker
+error `train.max_failures` times from the same checkpoint, which would only fail again,
+and prints each worker's traceback.
 """
 from __future__ import annotations
 
@@ -12,16 +17,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
+from pipeline.core.distributed import first_message
+from pipeline.core.errors import PipelineError
+from pipeline.core.storage import filesystem, join
 from pipeline.data.shards import load_split, read_manifest, shard_rows
 from pipeline.models.base import GenerativeModel
 from pipeline.models.registry import build_model
 from pipeline.params import params_from_dict
-from pipeline.training.loop import (component_snapshot, describe_hardware, load_state,
-                                    make_optimizer, save_state, train_epoch)
+from pipeline.training.loop import (component_snapshot, describe_environment, describe_hardware,
+                                    load_state, make_optimizer, save_state, train_epoch)
 from pipeline.training.restarts import cluster_information, select
 
 
@@ -32,12 +40,49 @@ class Run:
     model: torch.nn.Module  # raw, or its DDP wrapper
     opt: torch.optim.Optimizer
     seed: int  # seeds the weights, batch order and noise (restarts.py: per candidate)
-    history: List[Dict] = field(default_factory=list)
+    history: List[Dict] = field(default_factory=list)  # per epoch: the loss parts only
+    timings: List[Dict] = field(default_factory=list)  # per epoch: seconds, images/s
     snapshots: List[torch.Tensor] = field(default_factory=list)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; runs on every worker."""
+# Checkpoint folder names: the driver tells from them alone what an interrupted run kept.
+EPOCH_CKPT, RESTART_CKPT = "checkpoint_epoch", "checkpoint_restart"
+
+
+def checkpoints(run_dir: str) -> Tuple[int, int]:
+    """(last epoch, last restart candidate) of the checkpoint a rerun resumes from, 0 for
+    none. That is the one Ray Train has registered in its snapshot file, which can lag the
+    newest checkpoint folder by a moment; the worker names the folders (EPOCH_CKPT...)."""
+    try:
+        fs, path = filesystem(join(run_dir, "checkpoint_manager_snapshot.json"))
+        with fs.open_input_stream(path) as f:
+            name = json.loads(f.read())["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except Exception:  # noqa: BLE001  (no run yet, nothing registered, unreachable storage)
+        return 0, 0
+    epoch = int(name[len(EPOCH_CKPT):]) if name.startswith(EPOCH_CKPT) else 0
+    candidate = int(name[len(RESTART_CKPT):]) if name.startswith(RESTART_CKPT) else 0
+    return epoch, candidate
+
+
+def wait_until_registered(run_dir: str, epoch: int, timeout: float = 10.0) -> None:
+    """Block until Ray Train has registered the checkpoint of `epoch` (it does so at its
+    next poll of the workers, up to RAY_TRAIN_HEALTH_CHECK_INTERVAL_S later), so that the
+    epoch line printed after it is true: a run killed from then on resumes after `epoch`."""
+    deadline = time.monotonic() + timeout
+    while checkpoints(run_dir)[0] < epoch and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train entry point; runs on every worker. Returns {} or {"error": one line}."""
+    try:
+        _train(config)
+        return {}
+    except PipelineError as e:  # raised on every rank together (see the module docstring)
+        return {"error": str(e)}
+
+
+def _train(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
@@ -51,13 +96,20 @@ def train_loop_per_worker(config: dict) -> None:
 
     shard_dir = Path(config["shard_dir"])
     # uint8 rows stay on the CPU: batches are binarized there (a CPU generator) and moved
-    pixels = torch.from_numpy(load_split(shard_dir, "train", rank, world).pixels.copy())
+    try:
+        pixels, problem = torch.from_numpy(load_split(shard_dir, "train", rank, world).pixels.copy()), ""
+    except PipelineError as e:  # a corrupt shard may be one rank's only: agree before DDP
+        pixels, problem = None, str(e)
+    problem = first_message(problem)
+    if problem:
+        raise PipelineError(problem)
     batch = tcfg.batch_size // world
     # Every rank must take the same number of steps (DDP all-reduces each one), so the
     # epoch length comes from the smallest share, known from the manifest alone.
     manifest = read_manifest(shard_dir)
     steps = min(shard_rows(manifest, "train", r, world) for r in range(world)) // batch
     hardware = describe_hardware(device, world, config["threads"])  # once, not every epoch
+    environment = describe_environment(device, config["threads"])
 
     def new_run(seed: int) -> Run:
         torch.manual_seed(seed)  # identical initial weights on every rank
@@ -70,24 +122,36 @@ def train_loop_per_worker(config: dict) -> None:
         parts = train_epoch(run.model, run.raw, run.opt, pixels, batch, steps, epoch, run.seed,
                             rank, device)
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, **parts, "seconds": seconds,
-               "images_per_s": steps * batch * world / seconds}
-        run.history.append(row)
+        run.history.append({"epoch": epoch + 1, **parts})
+        run.timings.append({"epoch": epoch + 1, "seconds": seconds,
+                            "images_per_s": steps * batch * world / seconds})
         if rank == 0:
-            shown = "  ".join(f"{k} {parts[k]:.4g}" for k in sorted(parts, key=lambda k: k != "loss"))
-            print(f"{label}epoch {epoch + 1}/{tcfg.epochs}  {shown}  {row['images_per_s']:.0f} img/s",
-                  flush=True)
             run.snapshots.append(component_snapshot(run.raw, run.seed))
+        if label:  # a restart candidate's epoch: never checkpointed on its own
+            show(run, label)
 
-    def report(run: Run, restarts: dict) -> None:
+    def show(run: Run, label: str = "") -> None:
+        """The epoch line, printed once the epoch's checkpoint (if any) exists."""
+        if rank == 0:
+            parts, timing = run.history[-1], run.timings[-1]
+            shown = "  ".join(f"{k} {parts[k]:.4g}" for k in sorted(parts, key=lambda k: k != "loss")
+                              if k != "epoch")
+            left = (tcfg.epochs - parts["epoch"]) * sum(t["seconds"] for t in run.timings[-3:]) \
+                / len(run.timings[-3:])  # the last few epochs' pace
+            eta = f"  ETA {int(left // 60)}m{int(left % 60):02d}s" if not label else ""
+            print(f"{label}epoch {parts['epoch']}/{tcfg.epochs}  {shown}  "
+                  f"{timing['images_per_s']:.0f} img/s{eta}", flush=True)
+
+    def report(run: Run, restarts: dict, name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
                 save_state(d, run.raw, run.opt, len(run.history), history=json.dumps(run.history),
-                           snapshots=torch.stack(run.snapshots), hardware=hardware,
+                           timings=json.dumps(run.timings), snapshots=torch.stack(run.snapshots),
+                           hardware=hardware, environment=json.dumps(environment),
                            seed=run.seed, restarts=json.dumps(restarts))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(run.history[-1], checkpoint=checkpoint)
+            ray.train.report({"epoch": len(run.history)}, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def log(line: str) -> None:
         if rank == 0:
@@ -99,15 +163,21 @@ def train_loop_per_worker(config: dict) -> None:
         state = load_state(ckpt, run.raw, run.opt, device)
         run.seed, run.history, run.snapshots = (int(state.get("seed", tcfg.seed)),
                                                 json.loads(state["history"]), list(state["snapshots"]))
+        run.timings = json.loads(state.get("timings", "[]"))
         restarts = json.loads(state.get("restarts", "{}"))
         log(f"resuming from the checkpoint after epoch {state['epoch']}")
     choosing = not ckpt or len(restarts.get("scores", [])) < tcfg.restarts
     if tcfg.restarts > 1 and choosing:  # restarts.py: keep the most informative candidate
         run, restarts = select(tcfg.restarts, tcfg.restart_epochs, tcfg.seed, new_run, train,
-                               lambda r: cluster_information(r.raw, pixels, device), save=report,
+                               lambda r: cluster_information(r.raw, pixels, device),
+                               save=lambda r, rec: report(r, rec, f"{RESTART_CKPT}{len(rec['scores'])}"),
                                resume=(run, restarts) if ckpt else None, log=log)
     elif not ckpt:
         run = new_run(tcfg.seed)
     for epoch in range(len(run.history), tcfg.epochs):
         train(run, epoch)
-        report(run, restarts)
+        report(run, restarts, f"{EPOCH_CKPT}{epoch + 1:04d}")
+        if rank == 0 and config.get("run_dir"):
+            wait_until_registered(config["run_dir"], epoch + 1)
+        show(run)
+
