@@ -1,13 +1,22 @@
 """The hierarchical MoE-VAE: its loss against a hand computation, shapes, the reductions
-to moe_vae at J = 1 and K = 1, and that both balancing terms keep every sub-expert in use."""
+to moe_vae at J = 1 and K = 1, that both balancing terms keep every sub-expert in use,
+log p(x) over (k, j, z), and the second level's evaluation outputs."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pipeline.core.errors import ConfigError
 from pipeline.data.shards import load_split
+from pipeline.evaluation.config import EvaluateConfig
+from pipeline.evaluation.hierarchy import explained, shape_stats
+from pipeline.evaluation.metrics import iw_log_likelihood
+from pipeline.evaluation.run import evaluate_stage
+from pipeline.models.checkpoint import save_model
+from pipeline.models.kinds.hmoe_vae import HMoEVAE
 from pipeline.models.registry import build_model, model_config
 from pipeline.training.loop import train_epoch
 
@@ -158,3 +167,61 @@ def test_second_level_balancing_keeps_every_sub_expert_in_use(tiny_shards, sub_w
     top = model.cluster_probs(model.prepare(pixels.float() / 255)).mean(0)
     assert top.min() > 0.25, top  # the top-level term: both experts in use
     assert (shares.min() > 0.2) == keeps_all, shares
+
+
+def test_log_likelihood_over_k_j_z_is_exact_when_decoders_ignore_z():
+    """p(x) = sum_{k,j} prod_d Bernoulli(x_d; sigmoid(c_kj,d)) / (K*J) when every
+    decoder ignores z, whatever the routing and encoders propose."""
+    torch.manual_seed(0)
+    cfg = model_config({"kind": "hmoe_vae", "hmoe_vae.experts": 2, "hmoe_vae.sub_experts": 3,
+                        "likelihood.name": "bernoulli", "net.latent_dim": 2, "net.hidden": 5})
+    model = HMoEVAE(cfg, n_pixels=12)
+    with torch.no_grad():
+        model.decoders.layers[1].weight.zero_()
+        model.decoders.layers[1].bias.normal_(0, 2)
+    c = model.decoders.layers[1].bias[:, 0]  # (K*J, D) logits
+    x = torch.bernoulli(torch.full((4, 12), 0.5), generator=torch.Generator().manual_seed(1))
+    log_p = -F.binary_cross_entropy_with_logits(c[:, None].expand(6, 4, 12), x.expand(6, 4, 12),
+                                                reduction="none").sum(-1)  # (K*J, B)
+    exact = torch.logsumexp(log_p - math.log(6), 0)
+    torch.manual_seed(0)  # 6 leaves under a poor proposal: more samples than moe_vae's test
+    est = iw_log_likelihood(model, x, n_samples=200_000, chunk=20_000)
+    torch.testing.assert_close(est.float(), exact, atol=0.05, rtol=0)  # seen: <= 0.003
+
+
+def test_variance_explained_by_a_split():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1], 50)
+    pixels = np.repeat(groups[:, None], 3, 1).astype(float)  # two points: the split is all
+    assert explained(pixels, groups) == pytest.approx(1.0)
+    noise = rng.normal(size=(100, 3))
+    assert explained(noise, groups) < 0.05 and explained(noise, np.zeros(100, int)) == pytest.approx(0.0)
+
+
+def test_evaluate_stage_reports_and_draws_the_second_level(tiny_shards, tmp_path):
+    torch.manual_seed(0)
+    model = hmoe(3, 2, **{"net.latent_dim": 2})
+    save_model(model, tmp_path / "m.pt")
+    cfg = EvaluateConfig(iw_samples=4, iw_chunk=4, ll_limit=10)
+    m = evaluate_stage(cfg, tiny_shards, tmp_path / "m.pt", tmp_path / "e.json", tmp_path / "plots", log=str)
+    usage = m["sub_cluster_usage"]
+    assert set(usage) == {"0", "1", "2"} and all(len(u) == 2 for u in usage.values())
+    for k, u in usage.items():  # shares of a used cluster sum to 1
+        assert sum(u.values()) == pytest.approx(1.0) or sum(u.values()) == 0.0
+    assert 0 <= m["sub_variance_explained_random_split"] <= m["sub_variance_explained_kmeans"] <= 1
+    assert m["cluster_purity"] <= m["leaf_purity"] <= 1
+    for f in ("sub_expert_samples.png", "sub_expert_claims.png", "sub_clusters.csv", "component_samples.png"):
+        assert (tmp_path / "plots" / f).stat().st_size > 0
+    rows = (tmp_path / "plots" / "sub_clusters.csv").read_text().splitlines()
+    assert rows[0].startswith("expert,sub_expert,images") and len(rows) == 1 + 3 * 2
+
+
+def test_shape_stats_read_slant_width_and_ink():
+    img = np.zeros((3, 28, 28))
+    img[0, 4:24, 13:15] = 1  # an upright bar
+    for r in range(4, 24):  # the same bar leaning right: top to the right
+        img[1, r, 13 + (14 - r) // 2: 15 + (14 - r) // 2] = 1
+    img[2, 4:24, 10:18] = 1  # a wide bar
+    ink, slant, width = shape_stats(img.reshape(3, -1)).T
+    assert abs(slant[0]) < 1 and slant[1] > 15 and abs(slant[2]) < 1
+    assert width[2] > 3 * width[0] and ink[2] == pytest.approx(4 * ink[0])
