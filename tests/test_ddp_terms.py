@@ -1,5 +1,6 @@
-"""The batch-level terms (balancing, marginal entropy) under real DDP: two gloo ranks on
-loopback, each with half the batch, get the single-process loss and gradient."""
+"""The batch-level terms (balancing, marginal entropy, hmoe_vae's second-level balancing)
+under real DDP: two gloo ranks on loopback, each with half the batch, get the
+single-process loss and gradient."""
 import os
 import socket
 
@@ -11,14 +12,18 @@ import torch.nn.functional as F
 
 from pipeline.core.distributed import sum_over_ranks
 
+from pipeline.models.kinds.hmoe_vae import sub_balancing_loss
 from pipeline.models.manager import balancing_loss
 from pipeline.models.manager import conditional_entropy, marginal_entropy
 
 
 def terms(logits: torch.Tensor) -> torch.Tensor:
-    """A manager loss with both global terms and a per-image one."""
+    """A manager loss with the global terms and a per-image one; the (B, 4) logits also
+    read as K = 2 top logits and (B, 2, 2) sub-manager logits for the second level."""
     probs = F.softmax(logits, -1)
-    return 0.1 * balancing_loss(probs) - 4 * marginal_entropy(probs) + conditional_entropy(logits)
+    second = sub_balancing_loss(F.softmax(logits[:, :2], -1), F.softmax(logits.view(-1, 2, 2), -1))
+    return (0.1 * balancing_loss(probs) - 4 * marginal_entropy(probs) + conditional_entropy(logits)
+            + 0.5 * second)
 
 
 def _rank(rank: int, world: int, port: int, x, state, out: str) -> None:

@@ -52,7 +52,7 @@ def repo(tmp_path, mnist_dir):
         p["model"]["net"].update(hidden=32, latent_dim=4)
         p["train"].update(epochs=1, batch_size=50)
         p["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
-        p["compare"].update(presets=["vae", "gmm_vae"], overrides={"train.epochs": 1})
+        p["compare"].update(presets=["vae", "gmm_vae", "hmoe_imsat"], overrides={"train.epochs": 1})
         p["results"].update(presets=["moe_imsat", "moe_seed"], seeds=[0, 1], overrides={})
         p["tune"].update(num_samples=2, epochs=1, val_rows=100, val_iw_samples=4,
                          max_concurrent_trials=1)
@@ -116,9 +116,13 @@ def test_comparison_results_and_sweep_pipelines(repo):
     out = sh("dvc repro compare/dvc.yaml", repo)
     assert "Running stage 'prepare'" in out and "Running stage 'train'" not in out  # own runs only
     table = (repo / "compare/table.md").read_text().splitlines()
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["vae", "gmm_vae"]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["vae", "gmm_vae", "hmoe_imsat"]
     assert json.loads((repo / "compare/runs/vae/seed0/train.json").read_text())["epochs"] == 1
     assert (repo / "compare/plots/gmm_vae/seed0/evaluate/latent.png").exists()
+    hmoe = json.loads((repo / "compare/runs/hmoe_imsat/seed0/evaluate.json").read_text())
+    assert len(hmoe["sub_cluster_usage"]) == 10 and "sub_balancing_loss" in json.loads(
+        (repo / "compare/runs/hmoe_imsat/seed0/train.json").read_text())["final"]
+    assert (repo / "compare/plots/hmoe_imsat/seed0/evaluate/sub_expert_claims.png").exists()
 
     sh("dvc repro results/dvc.yaml", repo)  # the same mechanism: presets x seeds
     table = (repo / "results/table.md").read_text()

@@ -12,12 +12,15 @@ from pipeline.models.registry import KINDS, build_model
 from pipeline.training.loop import component_snapshot, train_epoch
 from tests.conftest import model_cfg
 
-COMPONENTS = {"moe_vae": 3, "gmm_vae": 5}  # cluster count per kind in small(); others: k-means
+# (clusters, mixture components) per kind in small(); the others: k-means and one component
+COMPONENTS = {"moe_vae": (3, 3), "gmm_vae": (5, 5), "hmoe_vae": (3, 6)}
 KINDS = sorted(KINDS)
 
 
 def small(kind, **kw):
-    return model_cfg(kind=kind, experts=3, components=5, latent_dim=4, hidden=32, conv_channels=4, **kw)
+    cfg = model_cfg(kind=kind, experts=3, components=5, latent_dim=4, hidden=32, conv_channels=4, **kw)
+    # hmoe_vae's block has no format-2 name: K = 3 experts of J = 2 sub-experts each
+    return dataclasses.replace(cfg, hmoe_vae=dataclasses.replace(cfg.hmoe_vae, experts=3, sub_experts=2))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -34,7 +37,7 @@ def test_shapes_and_finite_loss(kind, encoder, likelihood):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert model.sample(7).shape == (7, 784)
     comps = model.sample_components(2)
-    assert comps.shape == (COMPONENTS.get(kind, 1), 2, 784) and comps.min() >= 0 and comps.max() <= 1
+    assert comps.shape == (COMPONENTS.get(kind, (1, 1))[1], 2, 784) and comps.min() >= 0 and comps.max() <= 1
     assert model.reconstruct(x).shape == (5, 784)
     assert model.latent_mean(x).shape == (5, 4)
     assert model.morph(x[:2], x[2:4], 6).shape == (2, 6, 784)
@@ -42,7 +45,7 @@ def test_shapes_and_finite_loss(kind, encoder, likelihood):
     assert torch.isfinite(model.log_importance_weights(x, 6)).all()
     probs = model.cluster_probs(x)
     if kind in COMPONENTS:
-        assert probs.shape == (5, COMPONENTS[kind])
+        assert probs.shape == (5, COMPONENTS[kind][0])
         torch.testing.assert_close(probs.sum(1), torch.ones(5))
     else:
         assert probs is None  # evaluation clusters these kinds with k-means

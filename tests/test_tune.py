@@ -213,3 +213,31 @@ def test_a_state_file_truncated_by_a_kill_is_detected(tmp_path, as_uri):
     assert _state_readable(where)
     (tmp_path / "experiment_state-2026-01-02_00-00-00.json").write_text("")  # newest, empty
     assert not _state_readable(where)
+
+
+HMOE_SPACE = {"model.hmoe_vae.sub_experts": {"choice": [1, 2]},
+              "model.hmoe_vae.sub_balancing_weight": {"loguniform": [0.1, 10.0]}}
+
+
+def test_a_sweep_over_the_hierarchical_kinds_sub_experts_and_second_level_weight(
+        ray_session, tiny_shards, tmp_path):
+    from pipeline.sweep.run import run_sweep
+
+    params = params_from_dict({
+        "model": {"kind": "hmoe_vae", "hmoe_vae": {"experts": 2}, "net": {"latent_dim": 2, "hidden": 16}},
+        "train": {"batch_size": 50, "lr": 3e-3, "storage_path": str(tmp_path / "ray_results")},
+        "tune": {"space": HMOE_SPACE, "search": "random", "scheduler": "fifo", "epochs": 1, "val_rows": 100,
+                 "val_iw_samples": 4, "max_concurrent_trials": 1, "num_samples": 2, "grace_period": 1},
+    })
+    report(run_sweep(params, tiny_shards), params, tmp_path)
+    table = pd.read_csv(tmp_path / "sweep/table.csv")
+    assert len(table) == 2 and set(table.status) == {"finished"}
+    assert table["model.hmoe_vae.sub_balancing_weight"].between(0.1, 10.0).all()
+    assert set(table["model.hmoe_vae.sub_experts"]) <= {1, 2} and table.final_cluster_accuracy.notna().all()
+
+
+def test_the_second_level_is_checked_before_a_sweep():
+    space = {**HMOE_SPACE, "model.hmoe_vae.sub_experts": {"choice": [0, 2]}}
+    with pytest.raises(ConfigError, match=r"tune.space.model.hmoe_vae.sub_experts value 0 is rejected"):
+        params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": space}})
+    params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": HMOE_SPACE}})  # builds

@@ -1,6 +1,7 @@
 """Label-reading evaluation: clustering scores and importance-sampled log-likelihood.
 
-This is the only module that reads labels; training and model selection never do.
+Evaluation (this package) is the only code that reads labels; training and model
+selection never do.
 """
 from __future__ import annotations
 

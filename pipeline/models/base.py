@@ -89,6 +89,11 @@ class GenerativeModel(nn.Module):
         """(B, C) soft cluster assignment, or None where clusters come from k-means."""
         return None
 
+    def sub_cluster_probs(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, C, J) second-level assignment p(j | x, c) inside each cluster c, for kinds
+        whose clusters are themselves mixtures (hmoe_vae); None for the others."""
+        return None
+
     def log_importance_weights(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
         """(B, S) log w_s = log p(x, h_s) - log q(h_s | x), h_s ~ q(h | x).
 

@@ -92,6 +92,12 @@ def build_manager(cfg: ManagerConfig, net: NetConfig, experts: int, n_pixels: in
     return ManagerMLP([n_pixels, *widths, experts], act, cfg.batchnorm)
 
 
+def check_manager_input(cfg: ManagerConfig, likelihood: str, key: str) -> None:
+    """A grey manager input is defined beside a binarized sample only."""
+    check(cfg.input == "sample" or likelihood == "bernoulli", key, cfg.input, "a grey manager input "
+          "needs model.likelihood.name: bernoulli (otherwise sample is grey); use 'sample'")
+
+
 def balancing_loss(probs: torch.Tensor) -> torch.Tensor:
     """Var_k(sum_b p_k(x_b)): population variance over experts of the summed manager
     probabilities (B, K) of the global batch. Zero iff every expert gets the same mass."""

@@ -28,7 +28,8 @@ from pipeline.core.schema import param
 from pipeline.models.base import GenerativeModel, Kind
 from pipeline.models.blocks import decoder, encoder
 from pipeline.models.distributions import kl_std_normal, log_normal, log_std_normal
-from pipeline.models.manager import ManagerConfig, balancing_loss, build_manager, manager_terms
+from pipeline.models.manager import (ManagerConfig, balancing_loss, build_manager, check_manager_input,
+                                     manager_terms)
 from pipeline.models.routing import routed_expert_loss
 
 
@@ -67,13 +68,24 @@ class MoEVAE(GenerativeModel):
         check(spec.top_k is None or cfg.net.encoder == "mlp", "moe_vae.top_k", spec.top_k,
               "sparse routing runs MLP experts only; set model.net.encoder: mlp or "
               "model.moe_vae.top_k: null")
-        check(spec.manager.input == "sample" or cfg.likelihood.name == "bernoulli",
-              "moe_vae.manager.input", spec.manager.input, "a grey manager input needs "
-              "model.likelihood.name: bernoulli (otherwise sample is grey); use 'sample'")
+        check_manager_input(spec.manager, cfg.likelihood.name, "moe_vae.manager.input")
+
+    @property
+    def leaves(self) -> int:
+        """E, the expert VAEs that decode (K here; K*J for hmoe_vae), in encode's order."""
+        return self.spec.experts
 
     def manager_logits(self, x_manager: torch.Tensor) -> torch.Tensor:
         """(B, D) the manager's view of the images (see views) -> (B, K) logits."""
         return self.manager(x_manager)[0]
+
+    def leaf_log_probs(self, x_manager: torch.Tensor) -> torch.Tensor:
+        """(B, D) manager view -> (B, E) log q(e | x), the routing over the decoding experts."""
+        return F.log_softmax(self.manager_logits(x_manager), dim=-1)
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) the decoding expert of each image: here the manager's argmax."""
+        return self.cluster_probs(x).argmax(-1)
 
     def prepare(self, grey: torch.Tensor, generator=None) -> torch.Tensor:
         x = self.likelihood.prepare(grey, generator=generator)
@@ -132,18 +144,18 @@ class MoEVAE(GenerativeModel):
 
     @torch.no_grad()
     def sample_components(self, n: int) -> torch.Tensor:
-        z = torch.randn(self.spec.experts, n, self.net.latent_dim, device=self._device())
-        return self.likelihood.mean(self.decode(z))  # (K, n, D)
+        z = torch.randn(self.leaves, n, self.net.latent_dim, device=self._device())
+        return self.likelihood.mean(self.decode(z))  # (E, n, D)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        k = torch.randint(self.spec.experts, (n,), device=self._device())  # pi uniform
+        k = torch.randint(self.leaves, (n,), device=self._device())  # pi uniform
         return self.sample_components(n)[k, torch.arange(n, device=k.device)]
 
     @torch.no_grad()
     def routed_code(self, x: torch.Tensor):
-        """The manager's expert k (B,) and that expert's posterior mean (B, L)."""
-        k = self.cluster_probs(x).argmax(-1)
+        """The routed expert k (B,) and that expert's posterior mean (B, L)."""
+        k = self.route(x)
         return k, self.encode(self.pixels(x))[0][k, torch.arange(x.shape[0], device=x.device)]
 
     def decode_routed(self, k: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -177,9 +189,9 @@ class MoEVAE(GenerativeModel):
         """Proposal q(k, z | x) = p_manager(k | x) q_k(z | x); model p(x) = sum_k pi_k p_k(x)
         with pi uniform, so log w = log pi_k + log p(z) + log p_k(x|z) - log q(k|x) - log q_k(z|x).
         Only the sampled expert decodes each sample (a loop over experts, not K-fold work)."""
-        b, s, k = x.shape[0], n_samples, self.spec.experts
+        b, s, k = x.shape[0], n_samples, self.leaves
         x, x_manager = self.views(x)
-        log_q_k = F.log_softmax(self.manager_logits(x_manager), dim=-1)  # (B, K)
+        log_q_k = self.leaf_log_probs(x_manager)  # (B, K), K = the decoding experts (leaves)
         mu, logvar = self.encode(x)  # (K, B, L)
         ks = torch.multinomial(log_q_k.exp(), s, replacement=True)  # (B, S)
         bs = torch.arange(b, device=x.device)[:, None].expand(b, s)  # (B, S)
