@@ -1,8 +1,12 @@
 """tune: Parquet shards -> Ray Tune sweep over tune.space -> results table, best params, plots."""
+import sys
 import time
 from pathlib import Path
 
-from pipeline import cli
+# The pipeline/ beside this script, not an installed copy: a `dvc exp run --queue` run
+# executes in a copy of the project, whose code is what DVC hashed for it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline import cli  # noqa: E402
 
 
 def main() -> None:

@@ -67,16 +67,27 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     out = sh("dvc repro", repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"prepare", "train", "evaluate"}  # the main job only
-    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    metrics = json.loads((repo / "dvclive/evaluate/metrics.json").read_text())
     assert 0 <= metrics["cluster_accuracy"] <= 1 and metrics["test_log_likelihood"] < 0
-    for f in ("component_samples.png", "reconstructions.png", "confusion.png", "confusion.csv",
-              "samples.png", "latent.png", "latent.csv", "morph.png"):
-        assert (repo / "plots/evaluate" / f).stat().st_size > 0
-    assert (repo / "plots/train/components_over_epochs.png").stat().st_size > 0
+    for f in ("images/component_samples.png", "images/reconstructions.png", "images/samples.png",
+              "images/latent.png", "images/morph.png", "sklearn/confusion_matrix.json", "custom/latent.json"):
+        assert (repo / "dvclive/evaluate/plots" / f).stat().st_size > 0
+    assert (repo / "dvclive/train/plots/images/components_over_epochs.png").stat().st_size > 0
     tracked = sh("git add -A && git ls-files", repo).split()
-    assert "metrics/evaluate.json" in tracked and "dvc.lock" in tracked
-    assert not [f for f in tracked if f.endswith((".png", ".pt")) or f.startswith("plots/")]
+    assert {"dvclive/train/metrics.json", "dvclive/evaluate/metrics.json", "dvc.lock"} <= set(tracked)
+    assert not [f for f in tracked if f.endswith((".png", ".pt", ".tsv")) or "/plots/" in f]
     sh("git commit -qm run1", repo)
+
+    # dvc exp show: the evaluation metrics and the training losses, from dvclive's summaries
+    exp = json.loads(sh("dvc exp show --json", repo))[0]["data"]["metrics"]
+    assert {"cluster_accuracy", "nmi", "test_log_likelihood"} <= set(exp["dvclive/evaluate/metrics.json"]["data"])
+    assert {"loss", "expected_expert_loss", "balancing_loss", "epochs"} <= set(exp["dvclive/train/metrics.json"]["data"])
+    # dvc plots show: the curves, the per-expert samples of each epoch, the confusion matrix
+    shown = json.loads(sh("dvc plots show dvc.yaml --json", repo))
+    assert not shown.get("errors") and {
+        "dvclive/train/plots/metrics/loss.tsv", "dvclive/evaluate/plots/sklearn/confusion_matrix.json",
+        "dvclive/evaluate/plots/custom/latent.json", "dvclive/train/plots/images/components/1.png",
+        "dvclive/train/plots/images/components_over_epochs.png"} <= set(shown["data"])
 
     # Narrow dependencies: code the main job does not run, and where checkpoints go.
     for module in ("pipeline/sweep/run.py", "pipeline/cluster/submit.py", "pipeline/experiments/table.py",
@@ -93,8 +104,8 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     out = sh("dvc repro", repo)
     assert "Running stage 'train'" in out and "Running stage 'prepare'" not in out
     sh("git add -A && git commit -qm run2", repo)
-    changed = json.loads(sh("dvc metrics diff HEAD~1 HEAD --json", repo))["metrics/train.json"]
-    assert "final.loss" in changed and changed["final.loss"]["diff"] != 0
+    changed = json.loads(sh("dvc metrics diff HEAD~1 HEAD --json", repo))["dvclive/train/metrics.json"]
+    assert "loss" in changed and changed["loss"]["diff"] != 0
     bw = json.loads(sh("dvc params diff HEAD~1 HEAD --json", repo))["params.yaml"]["model.moe_vae.balancing_weight"]
     assert (bw["old"], bw["new"]) == (0.1, 1.0)
     sh("dvc plots show -o plots_html", repo)
@@ -108,7 +119,7 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     assert not (clone / "models/model.pt").exists()
     sh("dvc pull dvc.yaml", clone)  # a plain `dvc pull` also wants the pipelines never run here
     assert (clone / "models/model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
-    assert (clone / "plots/evaluate/confusion.png").exists()
+    assert (clone / "dvclive/evaluate/plots/images/latent.png").exists()
     assert "Data and pipelines are up to date" in sh("dvc status dvc.yaml", clone)
 
 
@@ -117,21 +128,26 @@ def test_comparison_results_and_sweep_pipelines(repo):
     assert "Running stage 'prepare'" in out and "Running stage 'train'" not in out  # own runs only
     table = (repo / "compare/table.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in table[2:]] == ["vae", "gmm_vae", "hmoe_imsat"]
-    assert json.loads((repo / "compare/runs/vae/seed0/train.json").read_text())["epochs"] == 1
-    assert (repo / "compare/plots/gmm_vae/seed0/evaluate/latent.png").exists()
-    hmoe = json.loads((repo / "compare/runs/hmoe_imsat/seed0/evaluate.json").read_text())
+    runs = repo / "compare/runs"
+    assert json.loads((runs / "vae/seed0/train/metrics.json").read_text())["epochs"] == 1
+    assert (runs / "gmm_vae/seed0/evaluate/plots/images/latent.png").exists()
+    hmoe = json.loads((runs / "hmoe_imsat/seed0/evaluate/metrics.json").read_text())
     assert len(hmoe["sub_cluster_usage"]) == 10 and "sub_balancing_loss" in json.loads(
-        (repo / "compare/runs/hmoe_imsat/seed0/train.json").read_text())["final"]
-    assert (repo / "compare/plots/hmoe_imsat/seed0/evaluate/sub_expert_claims.png").exists()
+        (runs / "hmoe_imsat/seed0/train/metrics.json").read_text())
+    assert (runs / "hmoe_imsat/seed0/evaluate/plots/images/sub_expert_claims.png").exists()
+    assert (runs / "hmoe_imsat/seed0/evaluate/plots/custom/sub_clusters.json").exists()
+    # the comparison renders too (compare/dvc.yaml's top-level plot of table.csv)
+    shown = json.loads(sh("dvc plots show compare/dvc.yaml --json", repo))
+    assert "accuracy" in shown["data"] and not shown.get("errors"), shown.get("errors")
 
     sh("dvc repro results/dvc.yaml", repo)  # the same mechanism: presets x seeds
     table = (repo / "results/table.md").read_text()
     assert "| moe_imsat | moe_vae |" in table and "| moe_seed | moe_vae |" in table and "(n=2)" in table
-    imsat = json.loads((repo / "results/runs/moe_imsat/seed1/train.json").read_text())
+    imsat = json.loads((repo / "results/runs/moe_imsat/seed1/train/metrics.json").read_text())
     record = json.loads((repo / "results/runs/moe_imsat/seed1/train_run.json").read_text())
-    assert "manager_loss" in imsat["final"] and "worker" in record["hardware"]
+    assert "manager_loss" in imsat and "worker" in record["hardware"]
     assert "train_seconds" not in imsat and record["train_seconds"] > 0  # results apart from timings
-    assert "manager_loss" not in json.loads((repo / "results/runs/moe_seed/seed0/train.json").read_text())["final"]
+    assert "manager_loss" not in json.loads((repo / "results/runs/moe_seed/seed0/train/metrics.json").read_text())
 
     sh("dvc repro sweep/dvc.yaml", repo)
     tune = json.loads((repo / "sweep/metrics.json").read_text())
@@ -174,13 +190,13 @@ def test_a_new_kind_is_one_module_plus_its_params_block(repo):
     edit_params(repo, lambda p: p["model"].update(kind="beta_vae", beta_vae={"beta": 2.0}))
     assert sh("git status --short", repo).split() == ["M", "params.yaml", "??", "pipeline/models/kinds/beta_vae.py"]
     sh("dvc repro evaluate", repo)
-    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    metrics = json.loads((repo / "dvclive/evaluate/metrics.json").read_text())
     assert metrics["test_log_likelihood"] < 0 and len(metrics["cluster_usage"]) == 10  # k-means
     state = __import__("torch").load(repo / "models/model.pt", weights_only=True)
     assert state["kind"] == "beta_vae" and state["config"]["beta_vae"]["beta"] == 2.0
     edit_params(repo, lambda p: p["model"]["beta_vae"].update(beta=-1))
-    r = subprocess.run("python stages/train.py --shards data/shards --model m.pt --curves c.csv "
-                       "--metrics t.json --snapshots s.png --record r.json", cwd=repo, shell=True, text=True,
+    r = subprocess.run("python stages/train.py --shards data/shards --model m.pt --live live "
+                       "--record r.json", cwd=repo, shell=True, text=True,
                        capture_output=True, env={**os.environ, "PYTHONPATH": str(repo),
                                                  "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
     assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: model.beta_vae.beta=-1.0 "

@@ -62,10 +62,12 @@ def test_table_aggregates_seeds(tmp_path):
     assert not (tmp_path / "t.md").exists()
     for seed, acc, ll in ((0, 0.9, -90.0), (1, 0.8, -92.0)):
         d = run_dir(runs, "p", seed)
-        d.mkdir(parents=True)
-        (d / "train.json").write_text(json.dumps({"epochs": 1, "train_seconds": 120 + seed * 60,
-                                                  "hardware": "1 worker x CPU (2 threads)"}))
-        (d / "evaluate.json").write_text(json.dumps({"cluster_accuracy": acc, "nmi": 0.5 + seed / 10,
+        (d / "train").mkdir(parents=True)
+        (d / "evaluate").mkdir()
+        (d / "train/metrics.json").write_text(json.dumps({"epochs": 1, "loss": 100.0, "step": 1}))
+        (d / "train_run.json").write_text(json.dumps({"train_seconds": 120 + seed * 60,
+                                                      "hardware": "1 worker x CPU (2 threads)"}))
+        (d / "evaluate/metrics.json").write_text(json.dumps({"cluster_accuracy": acc, "nmi": 0.5 + seed / 10,
                                                      "test_log_likelihood": ll,
                                                      "ll_images": 100, "iw_samples": 5000}))
     table = write_table(params, "results", runs, tmp_path / "t.md", tmp_path / "t.csv")

@@ -184,19 +184,24 @@ def test_killed_dvc_repro_leaves_no_partial_outputs_and_rerun_resumes(tmp_path, 
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text()) if (repo / "dvc.lock").exists() else {}
     assert "train" not in (lock or {}).get("stages", {})
-    for out in ("models/model.pt", "metrics/train.json", "metrics/train_run.json", "plots/train/curves.csv",
-                "metrics/evaluate.json"):
+    for out in ("models/model.pt", "metrics/train_run.json", "dvclive/train/plots/images",
+                "dvclive/evaluate"):
         assert not (repo / out).exists(), out
+    # The live curves (logged while training, for `dvc plots show`) stop at a registered
+    # epoch; DVC recorded no output of the stage, and deletes them before the rerun.
+    curve = repo / "dvclive/train/plots/metrics/loss.tsv"  # absent if killed before a poll
+    live = curve.read_text().splitlines()[1:] if curve.exists() else []
+    assert [int(row.split("\t")[0]) for row in live] == list(range(1, len(live) + 1))
     # no half-written temp file or folder from the atomic writers either
     top = (".git", ".dvc", ".dvcignore", ".ray_results")
     assert not [f for f in repo.rglob(".*")
                 if f.name != ".gitignore" and f.relative_to(repo).parts[0] not in top]
 
     sh("dvc repro evaluate", repo)
-    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 4
-    with open(repo / "plots/train/curves.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert json.loads((repo / "dvclive/train/metrics.json").read_text())["epochs"] == 4
+    with open(repo / "dvclive/train/plots/metrics/loss.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     # Resumed, not retrained: epoch 1's wall-clock seconds are the killed run's.
     record = json.loads((repo / "metrics/train_run.json").read_text())
     assert record["epochs"][0]["seconds"] == pytest.approx(first[0]["seconds"], rel=1e-9)
@@ -210,7 +215,7 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
         "model": {"moe_vae": {"experts": 4}, "net": {"latent_dim": 8, "hidden": 64}},
         "train": {"epochs": 4, "batch_size": 40, "storage_path": str(tmp_path / "ckpt")}}))
     cmd = [sys.executable, str(ROOT / "stages/train.py"), "--shards", str(shards), "--model", "m.pt",
-           "--curves", "c.csv", "--metrics", "t.json", "--snapshots", "s.png", "--record", "r.json"]
+           "--live", "live", "--record", "r.json"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -226,8 +231,8 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
     assert last.startswith("train: interrupted at epoch ") and "rerun to resume from the checkpoint after epoch" in last
     kept = int(last.split("checkpoint after epoch ")[1].split()[0])
     assert kept >= 2  # the "epoch 2/4" line comes once its checkpoint is registered
-    assert "Traceback" not in err and not (tmp_path / "t.json").exists()
+    assert "Traceback" not in err and not (tmp_path / "m.pt").exists()
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from the checkpoint after epoch {kept}" in again.stdout
-    assert json.loads((tmp_path / "t.json").read_text())["epochs"] == 4
+    assert json.loads((tmp_path / "live/metrics.json").read_text())["epochs"] == 4

@@ -1,6 +1,7 @@
 """The hierarchical MoE-VAE: its loss against a hand computation, shapes, the reductions
 to moe_vae at J = 1 and K = 1, that both balancing terms keep every sub-expert in use,
 log p(x) over (k, j, z), and the second level's evaluation outputs."""
+import json
 import math
 
 import numpy as np
@@ -203,17 +204,20 @@ def test_evaluate_stage_reports_and_draws_the_second_level(tiny_shards, tmp_path
     model = hmoe(3, 2, **{"net.latent_dim": 2})
     save_model(model, tmp_path / "m.pt")
     cfg = EvaluateConfig(iw_samples=4, iw_chunk=4, ll_limit=10)
-    m = evaluate_stage(cfg, tiny_shards, tmp_path / "m.pt", tmp_path / "e.json", tmp_path / "plots", log=str)
+    live = tmp_path / "live"
+    m = evaluate_stage(cfg, tiny_shards, tmp_path / "m.pt", live, log=str)
+    assert json.loads((live / "metrics.json").read_text()) == json.loads(json.dumps(m))
     usage = m["sub_cluster_usage"]
     assert set(usage) == {"0", "1", "2"} and all(len(u) == 2 for u in usage.values())
     for k, u in usage.items():  # shares of a used cluster sum to 1
         assert sum(u.values()) == pytest.approx(1.0) or sum(u.values()) == 0.0
     assert 0 <= m["sub_variance_explained_random_split"] <= m["sub_variance_explained_kmeans"] <= 1
     assert m["cluster_purity"] <= m["leaf_purity"] <= 1
-    for f in ("sub_expert_samples.png", "sub_expert_claims.png", "sub_clusters.csv", "component_samples.png"):
-        assert (tmp_path / "plots" / f).stat().st_size > 0
-    rows = (tmp_path / "plots" / "sub_clusters.csv").read_text().splitlines()
-    assert rows[0].startswith("expert,sub_expert,images") and len(rows) == 1 + 3 * 2
+    for f in ("sub_expert_samples.png", "sub_expert_claims.png", "component_samples.png"):
+        assert (live / "plots/images" / f).stat().st_size > 0
+    rows = json.loads((live / "plots/custom/sub_clusters.json").read_text())
+    assert [r["leaf"] for r in rows] == ["0.0", "0.1", "1.0", "1.1", "2.0", "2.1"]
+    assert {"images", "share_in_expert", "top_digit", "slant_deg"} <= set(rows[0])
 
 
 def test_shape_stats_read_slant_width_and_ink():

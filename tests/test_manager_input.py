@@ -7,7 +7,8 @@ from pipeline.evaluation.config import EvaluateConfig
 
 from pipeline.evaluation.metrics import evaluate_model
 from pipeline.models.registry import build_model
-from pipeline.evaluation.plots import write_evaluation_plots
+from pipeline.core.tracking import open_live
+from pipeline.evaluation.plots import log_evaluation_plots
 from pipeline.training.restarts import cluster_information
 from pipeline.training.loop import train_epoch
 from tests.conftest import model_cfg
@@ -78,5 +79,5 @@ def test_training_evaluation_plots_and_restart_score_run_on_grey_input(tmp_path)
                             log=lambda s: None)
     assert result["x"].shape == (60, 2, 784) and result["clusters"].shape == (60,)
     assert np.isfinite(result["metrics"]["test_log_likelihood"])
-    write_evaluation_plots(tmp_path, model, labels, result, seed=0)
-    assert (tmp_path / "reconstructions.png").stat().st_size > 0
+    log_evaluation_plots(open_live(tmp_path / "live"), model, labels, result, seed=0)
+    assert (tmp_path / "live/plots/images/reconstructions.png").stat().st_size > 0

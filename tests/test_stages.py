@@ -12,8 +12,8 @@ def run_stage(script, *args, cwd):
 
 def test_unknown_param_key(tmp_path):
     (tmp_path / "params.yaml").write_text("model:\n  moe_vae:\n    expertz: 3\n")
-    r = run_stage("train.py", "--shards", "s", "--model", "m.pt", "--curves", "c.csv",
-                  "--metrics", "t.json", "--snapshots", "s.png", "--record", "r.json", cwd=tmp_path)
+    r = run_stage("train.py", "--shards", "s", "--model", "m.pt", "--live", "live",
+                  "--record", "r.json", cwd=tmp_path)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         "error: params.yaml: unknown key 'model.moe_vae.expertz'; known are " + r.stderr.split("known are ")[1].strip()]
@@ -28,24 +28,24 @@ def test_out_of_range_value(tmp_path):
 
 def test_missing_shards(tmp_path):
     (tmp_path / "params.yaml").write_text("{}\n")
-    r = run_stage("train.py", "--shards", "nowhere", "--model", "m.pt", "--curves", "c.csv",
-                  "--metrics", "t.json", "--snapshots", "s.png", "--record", "r.json", cwd=tmp_path)
+    r = run_stage("train.py", "--shards", "nowhere", "--model", "m.pt", "--live", "live",
+                  "--record", "r.json", cwd=tmp_path)
     assert r.returncode == 1 and "run the prepare stage first" in r.stderr
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_missing_model_for_evaluate(tmp_path, tiny_shards):
     (tmp_path / "params.yaml").write_text("{}\n")
-    r = run_stage("evaluate.py", "--shards", str(tiny_shards), "--model", "m.pt", "--metrics",
-                  "e.json", "--plots", "p", cwd=tmp_path)
+    r = run_stage("evaluate.py", "--shards", str(tiny_shards), "--model", "m.pt", "--live", "live",
+                  cwd=tmp_path)
     assert r.returncode == 1 and "run the train stage first" in r.stderr
-    assert not (tmp_path / "e.json").exists()
+    assert not (tmp_path / "live").exists()
 
 
 def test_preset_must_be_listed_in_its_set(tmp_path):
     (tmp_path / "params.yaml").write_text("compare:\n  presets: [vae]\n")
     r = run_stage("evaluate.py", "--set", "compare", "--preset", "gmm_vae", "--shards", "s",
-                  "--model", "m.pt", "--metrics", "e.json", "--plots", "p", cwd=tmp_path)
+                  "--model", "m.pt", "--live", "live", cwd=tmp_path)
     assert r.returncode == 1 and "'gmm_vae' is not in compare.presets=['vae']" in r.stderr
 
 
@@ -53,7 +53,7 @@ def test_table_names_the_missing_run(tmp_path):
     (tmp_path / "params.yaml").write_text(f"compare:\n  presets: [vae]\n  presets_dir: {ROOT / 'params'}\n")
     r = run_stage("table.py", "--set", "compare", "--runs", "m", "--markdown", "t.md", "--csv", "t.csv",
                   cwd=tmp_path)
-    assert r.returncode == 1 and "vae/seed0/train.json is missing" in r.stderr
+    assert r.returncode == 1 and "vae/seed0/train/metrics.json is missing" in r.stderr
     assert "dvc repro compare/dvc.yaml" in r.stderr and not (tmp_path / "t.md").exists()
 
 
@@ -67,7 +67,7 @@ def test_yaml_syntax_error_is_one_line(tmp_path):
 def test_a_truncated_model_file_is_one_line(tmp_path, tiny_shards):
     (tmp_path / "params.yaml").write_text("{}\n")
     (tmp_path / "m.pt").write_bytes(b"PK\x03\x04 not really a zip")
-    r = run_stage("evaluate.py", "--shards", str(tiny_shards), "--model", "m.pt", "--metrics",
-                  "e.json", "--plots", "p", cwd=tmp_path)
+    r = run_stage("evaluate.py", "--shards", str(tiny_shards), "--model", "m.pt", "--live", "live",
+                  cwd=tmp_path)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert "m.pt is not a model file of this project" in r.stderr and not (tmp_path / "e.json").exists()
+    assert "m.pt is not a model file of this project" in r.stderr and not (tmp_path / "live").exists()

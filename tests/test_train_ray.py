@@ -3,6 +3,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -153,26 +154,76 @@ def test_two_pipelines_on_one_machine_train_at_once(ray_session, tiny_shards, tm
     assert "multiple active Ray instances" not in out + capfd.readouterr().err
 
 
+def files(folder: Path) -> dict:
+    return {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
 def test_two_runs_of_the_same_params_write_identical_results(ray_session, tiny_shards, tmp_path):
-    """train.json and the curves hold results only: byte for byte equal across two runs on
-    one machine; wall time, throughput and the environment go to the run record."""
+    """The dvclive folder holds results only: byte for byte equal across two runs on one
+    machine; wall time, throughput and the environment go to the run record."""
     from pipeline.training.driver import write_outputs
 
     params = tiny_params(tmp_path, epochs=2, num_workers=1)
-    outputs = []
-    for run in ("a", "b"):
+    for run in ("a", "b"):  # write_outputs deletes the checkpoints: b trains from scratch
         out = tmp_path / run
-        paths = [out / "model.pt", out / "curves.csv", out / "train.json", out / "snap.png", out / "run.json"]
-        write_outputs(fit(params, tiny_shards, log=lambda s: None), params, *paths, log=lambda s: None)
-        outputs.append(paths)  # write_outputs deleted the checkpoints: b trains from scratch
-    (_, curves_a, metrics_a, _, record_a), (_, curves_b, metrics_b, _, record_b) = outputs
-    assert metrics_a.read_bytes() == metrics_b.read_bytes()
-    assert curves_a.read_bytes() == curves_b.read_bytes()
-    assert "seconds" not in metrics_a.read_text() + curves_a.read_text()
-    record = json.loads(record_a.read_text())
-    assert record["train_seconds"] > 0 and len(record["epochs"]) == 2
-    assert {"device", "torch", "blas", "cpu_capability", "threads"} <= set(record["environment"])
-    assert record_a.read_bytes() != record_b.read_bytes()  # the timings differ, as they may
+        state = fit(params, tiny_shards, log=lambda s: None, live_dir=out / "live")
+        write_outputs(state, params, out / "model.pt", out / "live", out / "run.json", log=lambda s: None)
+    live_a, live_b = files(tmp_path / "a/live"), files(tmp_path / "b/live")
+    assert live_a == live_b
+    # dvclive's layout: the summary, one TSV per loss part (step = epoch), a picture per epoch
+    assert {"metrics.json", "plots/metrics/loss.tsv", "plots/metrics/balancing_loss.tsv",
+            "plots/images/components/1.png", "plots/images/components/2.png",
+            "plots/images/components_over_epochs.png"} <= set(live_a)
+    summary = json.loads(live_a["metrics.json"])
+    assert summary["epochs"] == summary["step"] == 2 and summary["parameters"] > 0
+    loss = live_a["plots/metrics/loss.tsv"].decode().splitlines()
+    assert loss[0] == "step\tloss" and [row.split("\t")[0] for row in loss[1:]] == ["1", "2"]
+    assert float(loss[-1].split("\t")[1]) == summary["loss"] == state["history"][-1]["loss"]
+    assert "seconds" not in live_a["metrics.json"].decode()
+    record_a, record_b = (json.loads((tmp_path / r / "run.json").read_text()) for r in "ab")
+    assert record_a["train_seconds"] > 0 and len(record_a["epochs"]) == 2
+    assert {"device", "torch", "blas", "cpu_capability", "threads"} <= set(record_a["environment"])
+    assert record_a != record_b  # the timings differ, as they may
+
+
+def tensorboard_scalars(folder: Path) -> dict:
+    """{tag: [(step, value)]} of every event file under `folder` (TFRecord framing:
+    length u64, its crc u32, the Event proto, its crc u32)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = {}
+    for f in sorted(folder.rglob("events.out.tfevents.*")):
+        data, at = f.read_bytes(), 0
+        while at < len(data):
+            (n,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + n])
+            at += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_losses_are_logged_while_training_and_to_tensorboard_on_request(ray_session, tiny_shards,
+                                                                          tmp_path, monkeypatch):
+    """The driver logs each registered epoch into the dvclive folder during the run (so
+    `dvc plots show` follows it), and, with train.tensorboard, to TensorBoard."""
+    import pipeline.training.driver as driver
+
+    seen = []
+    real = driver.registered_history
+    monkeypatch.setattr(driver, "registered_history",
+                        lambda run_dir: seen.append(len(real(run_dir))) or real(run_dir))
+    params = tiny_params(tmp_path, epochs=3, num_workers=1, tensorboard=True)
+    live = tmp_path / "live"
+    state = fit(params, tiny_shards, log=lambda s: None, live_dir=live)
+    assert max(seen) >= 1  # at least one epoch was read from Ray's registered checkpoints
+    tsv = (live / "plots/metrics/loss.tsv").read_text().splitlines()  # logged live, not at the end
+    assert [row.split("\t")[0] for row in tsv[1:]] == ["1", "2", "3"]
+    board = tensorboard_scalars(tmp_path / "ray_results" / "tensorboard")
+    assert [step for step, _ in board["train/loss"]] == [1, 2, 3]
+    assert board["train/loss"][-1][1] == pytest.approx(state["history"][-1]["loss"], rel=1e-6)
 
 
 def test_portable_cpu_pins_the_kernels_and_is_recorded(ray_session, tiny_shards, tmp_path):
@@ -180,8 +231,8 @@ def test_portable_cpu_pins_the_kernels_and_is_recorded(ray_session, tiny_shards,
 
     params = tiny_params(tmp_path, epochs=1, num_workers=1, portable_cpu=True, threads=1)
     out = tmp_path / "p"
-    paths = [out / "model.pt", out / "curves.csv", out / "train.json", out / "snap.png", out / "run.json"]
-    write_outputs(fit(params, tiny_shards, log=lambda s: None), params, *paths, log=lambda s: None)
-    env = json.loads(paths[-1].read_text())["environment"]
+    write_outputs(fit(params, tiny_shards, log=lambda s: None), params, out / "model.pt", out / "live",
+                  out / "run.json", log=lambda s: None)
+    env = json.loads((out / "run.json").read_text())["environment"]
     assert env["MKL_CBWR"] == "COMPATIBLE" and env["cpu_capability"] in ("AVX2", "DEFAULT")
     assert env["threads"] == "1"

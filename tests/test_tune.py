@@ -18,10 +18,11 @@ from tests.conftest import ROOT
 MODEL = {"moe_vae": {"experts": 2}, "net": {"latent_dim": 2, "hidden": 16}}
 
 
-def sweep_params(tmp_path, space, **tune):
+def sweep_params(tmp_path, space, tensorboard=False, **tune):
     return params_from_dict({
         "model": MODEL,
-        "train": {"batch_size": 50, "lr": 3e-3, "storage_path": str(tmp_path / "ray_results")},
+        "train": {"batch_size": 50, "lr": 3e-3, "storage_path": str(tmp_path / "ray_results"),
+                  "tensorboard": tensorboard},
         "tune": {"space": space, "epochs": 2, "val_rows": 100, "val_iw_samples": 4,
                  "max_concurrent_trials": 1, "num_samples": 1, **tune},
     })
@@ -40,9 +41,12 @@ def test_tiny_sweep_over_the_three_params_writes_table_best_params_and_plots(
 
     space = {"model.moe_vae.balancing_weight": {"loguniform": [0.01, 1.0]},
              "model.net.latent_dim": {"choice": [2, 3]}, "model.moe_vae.experts": {"choice": [2, 3]}}
-    params = sweep_params(tmp_path, space, num_samples=3, scheduler="fifo")
+    params = sweep_params(tmp_path, space, tensorboard=True, num_samples=3, scheduler="fifo")
     trials = run_sweep(params, tiny_shards)
     best = report(trials, params, tmp_path)
+    # train.tensorboard: Tune's own logger wrote each trial's metrics for TensorBoard
+    events = list((tmp_path / "ray_results").glob("*/*/events.out.tfevents.*"))
+    assert len({e.parent for e in events}) == 3
 
     table = pd.read_csv(tmp_path / "sweep/table.csv")
     assert len(table) == 3 and set(table.status) == {"finished"} and (table.epochs == 2).all()

@@ -44,6 +44,9 @@ def init_ray(num_cpus: int | None = None) -> str:
         # Train's preemption watcher guards against nodes drained by a cluster; one machine
         # has none to drain, and the watcher's start logs an error line on every run.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Train registers a reported checkpoint at its next poll of the workers: poll
+        # sooner, so that an epoch line (and the live logs) follow the epoch closely.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     import ray
 
     if ray.is_initialized():

@@ -10,22 +10,20 @@ variance the split explains,
 beside two references of the same cluster: a random split with the same sizes (what a
 split that found nothing explains, about (J-1)/(n_k-1)) and k-means with J clusters on
 the pixels (what a J-way split of those images can explain). Each sub-cluster's row in
-sub_clusters.csv also gives the mean of three label-free stroke measures (shape_stats),
+plots/custom/sub_clusters.json also gives the mean of three label-free stroke measures (shape_stats),
 so a split by slant, width or thickness shows in numbers. Pictures: samples of every
 sub-expert and the test images each one claims most confidently (highest p(k, j | x)),
 one row per top-level expert and one column group per sub-expert.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from pipeline.core.figures import save_grid
-from pipeline.core.io import write_rows_csv
+from pipeline.core.figures import grid_image
 from pipeline.evaluation.metrics import hungarian_accuracy
 
 
@@ -127,28 +125,23 @@ def grouped(images: np.ndarray) -> np.ndarray:
     return np.concatenate([images, blank], 2).reshape(k, j * (n + 1), d)[:, :-1]
 
 
-def write_hierarchy_plots(out_dir: Path, model, hier: Dict, grey: np.ndarray, labels: np.ndarray,
-                          clusters: np.ndarray, n_clusters: int, seed: int, n: int = 4) -> None:
-    """sub_clusters.csv, sub_expert_samples.png and sub_expert_claims.png (rows: top-level
-    experts, labelled with the digit the Hungarian match gives them; column groups:
-    sub-experts with their share of the cluster)."""
-    write_rows_csv(out_dir / "sub_clusters.csv", hier["rows"])
-    n_sub, kind = hier["n_sub"], model.cfg.kind
-    _, mapping = hungarian_accuracy(labels, clusters, n_clusters)
-    row_labels = [f"{k} ({mapping[k]})" if k in mapping else str(k) for k in range(n_clusters)]
-    col_labels = [f"j={j}" if i == 0 else "" for j in range(n_sub) for i in range(n + 1)][:-1]
+def log_hierarchy_plots(live, model, hier: Dict, grey: np.ndarray, labels: np.ndarray,
+                        clusters: np.ndarray, n_clusters: int, seed: int, n: int = 4) -> None:
+    """Into the dvclive folder: plots/custom/sub_clusters.json (a row per sub-cluster: its
+    share of its cluster, top digit and stroke measures; drawn as a bar per leaf k.j), and
+    sub_expert_samples.png and sub_expert_claims.png: one row per top-level expert k, one
+    group of n columns per sub-expert j (a blank column between groups)."""
+    live.log_plot("sub_clusters", [{"leaf": f"{r['expert']}.{r['sub_expert']}", **r} for r in hier["rows"]],
+                  x="share_in_expert", y="leaf", template="bar_horizontal",
+                  title=f"{model.cfg.kind}: each sub-expert's share of its expert's test images")
+    n_sub = hier["n_sub"]
     torch.manual_seed(seed)
     samples = model.sample_components(n).cpu().numpy()  # (K*J, n, D), leaf k*J + j
-    save_grid(out_dir / "sub_expert_samples.png",
-              grouped(samples.reshape(n_clusters, n_sub, n, -1)),
-              f"{kind}: {n} samples of each sub-expert (row: expert (matched digit))",
-              col_labels=col_labels, row_labels=row_labels)
+    live.log_image("sub_expert_samples.png", grid_image(grouped(samples.reshape(n_clusters, n_sub, n, -1))))
     claims = np.zeros((n_clusters, n_sub, n, grey.shape[1]), dtype=np.float32)
     for k in range(n_clusters):
         for j in range(n_sub):
             mine = np.flatnonzero((clusters == k) & (hier["sub"] == j))
             best = mine[np.argsort(-hier["confidence"][mine], kind="stable")[:n]]
             claims[k, j, :len(best)] = grey[best]
-    save_grid(out_dir / "sub_expert_claims.png", grouped(claims),
-              f"{kind}: the test images each sub-expert claims most confidently",
-              col_labels=col_labels, row_labels=row_labels)
+    live.log_image("sub_expert_claims.png", grid_image(grouped(claims)))

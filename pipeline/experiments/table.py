@@ -1,7 +1,8 @@
 """One row per preset, mean +- std over seeds, from the runs' own metrics files.
 
-Reads <set>/runs/<preset>/seed<S>/{train,evaluate}.json, written by the train and
-evaluate stages of <set>/dvc.yaml, so every number in the table comes from the stages.
+Reads <set>/runs/<preset>/seed<S>/{train,evaluate}/metrics.json (dvclive's summaries)
+and train_run.json, written by the train and evaluate stages of <set>/dvc.yaml, so every
+number in the table comes from the stages.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def read_run_metrics(path: Path, how: str) -> Dict[str, dict]:
     """{"train": ..., "evaluate": ...} of one run; a missing file says `how` to make it."""
     found = {}
     for source in ("train", "evaluate"):
-        file = Path(path) / f"{source}.json"
+        file = Path(path) / source / "metrics.json"
         if not file.exists():
             raise DataError(f"{file} is missing; {how}")
         found[source] = json.loads(file.read_text())

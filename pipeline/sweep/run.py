@@ -178,7 +178,7 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
     log(init_ray())
     import ray
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback
+    from ray.tune.logger import CSVLoggerCallback, TBXLoggerCallback
 
     from pipeline.sweep.progress import Progress, last_line
 
@@ -231,8 +231,11 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 # progress.csv per trial feeds Result.metrics_dataframe (QUIET_ENV turns
-                # Tune's automatic loggers off, TensorBoard included).
-                callbacks=[CSVLoggerCallback(), Progress(total, epochs, cfg.metric, mode, log)]))
+                # Tune's automatic loggers off); Tune's own TensorBoard logger on request.
+                callbacks=[CSVLoggerCallback(), Progress(total, epochs, cfg.metric, mode, log),
+                           *([TBXLoggerCallback()] if params.train.tensorboard else [])]))
+        if params.train.tensorboard:
+            log(f"tune: TensorBoard logs in the trial folders: tensorboard --logdir {path}")
     results = tuner.fit()
     ended = results.num_terminated + results.num_errors
     if len(results) < total or ended < len(results):

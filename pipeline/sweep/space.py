@@ -26,7 +26,8 @@ LABEL_METRICS = ("cluster_accuracy", "nmi")
 SPACE_KINDS = ("loguniform", "uniform", "choice", "grid")
 # Keys a trial ignores or that the sweep owns (tune.epochs is the per-trial budget).
 UNSWEEPABLE = ("train.epochs", "train.num_workers", "train.use_gpu", "train.storage_path",
-               "train.max_failures", "train.restarts", "train.restart_epochs", "model.kind")
+               "train.max_failures", "train.tensorboard", "train.restarts", "train.restart_epochs",
+               "model.kind")
 
 
 def check_dim(key: Any, spec: Any, search: str) -> None:

@@ -10,7 +10,7 @@ from pipeline.core.schema import param
 
 # Keys that say where and how robustly a run happens, not what it computes: the train
 # stage does not depend on them (changing them reruns nothing), and a sweep cannot set them.
-RUNTIME_KEYS = ("storage_path", "max_failures")
+RUNTIME_KEYS = ("storage_path", "max_failures", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class TrainConfig:
                                               "mount or a URI (s3://, gs://) on a cluster")
     max_failures: int = param(0, "worker-group restarts from the last checkpoint before the run fails "
                                  "(-1: forever)")
+    tensorboard: bool = param(False, "also write TensorBoard logs: training to <storage_path>/"
+                                      "tensorboard/<run>, a sweep's trials to their Tune folders "
+                                      "(tensorboard --logdir <storage_path>)")
     restarts: int = param(1, "candidate initialisations; keeps the highest label-free I(x;k) "
                              "(kinds with clusters only)")
     restart_epochs: int = param(1, "epochs each candidate trains before the choice")
@@ -46,6 +49,7 @@ class TrainConfig:
               "use -1 (retry forever), 0 or a positive integer")
         check(isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 0,
               "threads", self.threads, "use 0 (the CPUs Ray gives a worker) or an integer >= 1")
+        check(isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "use true or false")
         check(isinstance(self.portable_cpu, bool), "portable_cpu", self.portable_cpu, "use true or false")
         check(self.restarts >= 1, "restarts", self.restarts, "use an integer >= 1 (1 = no restarts)")
         check(1 <= self.restart_epochs <= self.epochs, "restart_epochs", self.restart_epochs,

@@ -6,20 +6,21 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from pipeline.core.errors import DataError, Interrupted, TrainError
-from pipeline.core.figures import save_components_over_epochs
-from pipeline.core.io import atomic_path, write_json, write_rows_csv
+from pipeline.core.figures import grid_image, over_epochs
+from pipeline.core.io import atomic_path, write_json
 from pipeline.core.schema import to_dict
 from pipeline.core.storage import delete_tree, join, resolve_storage
 from pipeline.data.shards import read_manifest, shard_rows
 from pipeline.params import Params
 from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE
-from pipeline.training.worker import checkpoints, train_loop_per_worker
+from pipeline.training.worker import checkpoints, registered_history, train_loop_per_worker
 
 
 def run_name(params: Params, manifest: dict) -> str:
@@ -61,8 +62,34 @@ def interrupted(run_dir: str, epochs: int) -> Interrupted:
     return Interrupted("train: interrupted before the first checkpoint; rerun to start again")
 
 
-def fit_interruptibly(trainer):
-    """trainer.fit() in a helper thread, so that Ctrl-C reaches this one as KeyboardInterrupt.
+class LiveLog:
+    """The per-epoch losses, logged while the workers train: into the stage's dvclive
+    folder (watch it with `dvc plots show`) and, with train.tensorboard, a TensorBoard
+    log. Rows come from the checkpoints Ray Train registers (registered_history), so a
+    resumed run logs its earlier epochs again and the curves stay whole."""
+
+    def __init__(self, live_dir: Optional[Path], tensorboard_dir: Optional[str]):
+        from pipeline.core.tracking import open_live, tensorboard_writer
+
+        self.live = open_live(live_dir) if live_dir else None
+        self.tensorboard = tensorboard_writer(tensorboard_dir)
+        self.logged = 0
+
+    def log(self, history: List[Dict]) -> None:
+        from pipeline.core.tracking import log_epochs
+
+        new = [row for row in history if row["epoch"] > self.logged]
+        if new:
+            self.logged = log_epochs(self.live, new, self.tensorboard)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def fit_interruptibly(trainer, tick: Callable[[], None] = lambda: None, every: float = 1.0):
+    """trainer.fit() in a helper thread, so that Ctrl-C reaches this one as KeyboardInterrupt;
+    `tick()` runs here every `every` seconds meanwhile (the live logs).
 
     In the main thread Ray Train installs its own SIGINT handler, which aborts the run and
     leaves the process with exit status 1 and no word of what was kept. Off the main
@@ -78,15 +105,22 @@ def fit_interruptibly(trainer):
 
     thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
     thread.start()
+    next_tick = time.monotonic() + every
     while thread.is_alive():
         thread.join(0.2)
+        if time.monotonic() >= next_tick:
+            tick()
+            next_tick = time.monotonic() + every
     if "error" in box:
         raise box["error"]
     return box["result"]
 
 
-def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """Train with Ray Train; return the final state {"model", "history", ...}."""
+def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print,
+        live_dir: Optional[Path] = None) -> dict:
+    """Train with Ray Train; return the final state {"model", "history", ...}. The epochs'
+    losses are logged as they come into the dvclive folder `live_dir` (if given) and, with
+    train.tensorboard, into <train.storage_path>/tensorboard/<run name>."""
     shard_dir = Path(shard_dir).resolve()
     manifest = check_before_ray(params, shard_dir)
     from pipeline.core.ray_env import QUIET_ENV, init_ray  # sets Ray's env before its import
@@ -114,8 +148,6 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
     storage = resolve_storage(tcfg.storage_path)  # a URI (s3://, gs://) passes through
     run_dir = join(storage, name)
     backend = "nccl" if use_gpu else "gloo"
-    if local:  # Train registers a reported checkpoint at its next poll: poll sooner
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     env = {**QUIET_ENV, **(loopback_env() if local else {}),
            **(PORTABLE_CPU_ENV if tcfg.portable_cpu else {})}
     trainer = TorchTrainer(
@@ -137,9 +169,15 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
     )
     log(f"training {params.model.kind} on {tcfg.num_workers} worker(s) "
         f"({'GPU, nccl' if use_gpu else 'CPU, gloo'}); checkpoints in {run_dir}")
+    tensorboard = join(storage, "tensorboard", name) if tcfg.tensorboard else None
+    if tensorboard:
+        log(f"train: TensorBoard logs in {tensorboard}  (tensorboard --logdir {join(storage, 'tensorboard')})")
+    live = LiveLog(live_dir, tensorboard)
 
     try:
-        result = fit_interruptibly(trainer)
+        # a URI's snapshot file is read over the network: poll it less often
+        result = fit_interruptibly(trainer, lambda: live.log(registered_history(run_dir)),
+                                   every=1.0 if "://" not in storage else 10.0)
     except ray.train.TrainingFailedError as e:
         failures = getattr(e, "worker_failures", {}) or {}
         causes = sorted({str(f).strip().splitlines()[-1] for f in failures.values()}) or [str(e)]
@@ -154,30 +192,41 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print) -> 
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     for key in ("history", "timings", "restarts", "environment"):
         state[key] = json.loads(state.get(key, "{}" if key in ("restarts", "environment") else "[]"))
+    live.log(state["history"])  # the last epochs, if the run ended between two polls
+    live.close()
     state["run_dir"] = run_dir
     return state
 
 
-def write_outputs(state: dict, params: Params, model_path: Path, curves: Path, metrics: Path,
-                  snapshots: Path, record: Path, log: Callable[[str], None] = print) -> None:
-    """The train stage's outputs from fit()'s final state, each written atomically; then
-    the finished run's checkpoints are deleted (nothing is left to resume).
+def write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path, record: Path,
+                  log: Callable[[str], None] = print) -> None:
+    """The train stage's outputs from fit()'s final state, each written atomically (the
+    dvclive folder as a whole, replacing the one logged live); then the finished run's
+    checkpoints are deleted (nothing is left to resume).
 
-    Results and timings are kept apart: `metrics` and `curves` hold only what params,
-    seed and the numerics decide (two runs on one machine give the same bytes); `record`
-    holds the wall time, throughput and the environment that repeating the run needs."""
+    Results and timings are kept apart: the dvclive folder holds only what params, seed
+    and the numerics decide (two runs on one machine give the same bytes); `record` holds
+    the wall time, throughput and the environment that repeating the run needs."""
+    from pipeline.core.tracking import log_epochs, open_live
+
     with atomic_path(model_path) as tmp:
         torch.save(state["model"], tmp)
     history, timings, restarts = state["history"], state["timings"], state["restarts"]
-    write_rows_csv(curves, history)
-    save_components_over_epochs(snapshots, state["snapshots"].numpy(), params.model.kind)
-    write_json(metrics, {
-        "final": {k: v for k, v in history[-1].items() if k != "epoch"},
-        "epochs": history[-1]["epoch"],
-        "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
-        **({"restarts": {k: v for k, v in restarts.items() if k != "discarded_seconds"}}
-           if restarts else {}),
-    })
+    snapshots = state["snapshots"].numpy()  # (E, C, D) uint8: one sample per component
+    with atomic_path(live_dir) as tmp:
+        live = open_live(tmp)
+        log_epochs(live, history)  # plots/metrics/<loss part>.tsv, step = epoch
+        for epoch, snapshot in enumerate(snapshots, 1):  # a slider in Studio / VS Code
+            live.log_image(f"components/{epoch}.png", grid_image(snapshot[None]))
+        rows, _ = over_epochs(snapshots)  # rows: evenly spread epochs, first and last
+        live.log_image("components_over_epochs.png", grid_image(rows))
+        live.summary.update({
+            "epochs": history[-1]["epoch"],
+            "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
+            **({"restarts": {k: v for k, v in restarts.items() if k != "discarded_seconds"}}
+               if restarts else {}),
+        })
+        live.make_summary()
     write_json(record, {
         # the discarded restarts' epochs count: the wall time of the whole recipe
         "train_seconds": sum(t["seconds"] for t in timings) + restarts.get("discarded_seconds", 0.0),
@@ -189,4 +238,4 @@ def write_outputs(state: dict, params: Params, model_path: Path, curves: Path, m
     kept = delete_tree(state["run_dir"])
     if kept:
         log(f"train: {kept}; delete it by hand")
-    log(f"train: wrote {model_path}, {curves}, {snapshots}, {metrics}, {record}")
+    log(f"train: wrote {model_path}, {live_dir}/ (metrics.json, plots/), {record}")

@@ -49,16 +49,29 @@ class Run:
 EPOCH_CKPT, RESTART_CKPT = "checkpoint_epoch", "checkpoint_restart"
 
 
-def checkpoints(run_dir: str) -> Tuple[int, int]:
-    """(last epoch, last restart candidate) of the checkpoint a rerun resumes from, 0 for
-    none. That is the one Ray Train has registered in its snapshot file, which can lag the
-    newest checkpoint folder by a moment; the worker names the folders (EPOCH_CKPT...)."""
+def registered(run_dir: str) -> Tuple[str, Dict]:
+    """(folder name, reported metrics) of the last checkpoint Ray Train has registered in
+    its snapshot file (it can lag the newest folder by a moment); ("", {}) for none."""
     try:
         fs, path = filesystem(join(run_dir, "checkpoint_manager_snapshot.json"))
         with fs.open_input_stream(path) as f:
-            name = json.loads(f.read())["latest_checkpoint_result"]["checkpoint_dir_name"]
+            latest = json.loads(f.read())["latest_checkpoint_result"]
+        return latest["checkpoint_dir_name"], latest.get("metrics") or {}
     except Exception:  # noqa: BLE001  (no run yet, nothing registered, unreachable storage)
-        return 0, 0
+        return "", {}
+
+
+def registered_history(run_dir: str) -> List[Dict]:
+    """The per-epoch loss rows of the run as of its last registered epoch checkpoint: what
+    the driver logs live (dvclive, TensorBoard) while the workers train."""
+    name, metrics = registered(run_dir)
+    return json.loads(metrics.get("history", "[]")) if name.startswith(EPOCH_CKPT) else []
+
+
+def checkpoints(run_dir: str) -> Tuple[int, int]:
+    """(last epoch, last restart candidate) of the checkpoint a rerun resumes from, 0 for
+    none: the one Ray Train has registered; the worker names the folders (EPOCH_CKPT...)."""
+    name, _ = registered(run_dir)
     epoch = int(name[len(EPOCH_CKPT):]) if name.startswith(EPOCH_CKPT) else 0
     candidate = int(name[len(RESTART_CKPT):]) if name.startswith(RESTART_CKPT) else 0
     return epoch, candidate
@@ -151,7 +164,9 @@ def _train(config: dict) -> None:
                            hardware=hardware, environment=json.dumps(environment),
                            seed=run.seed, restarts=json.dumps(restarts))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report({"epoch": len(run.history)}, checkpoint=checkpoint, checkpoint_dir_name=name)
+            # the history rides along for the driver's live logs (registered_history)
+            ray.train.report({"epoch": len(run.history), "history": json.dumps(run.history)},
+                             checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def log(line: str) -> None:
         if rank == 0:
