@@ -1,5 +1,5 @@
-"""Two real Ray nodes (network namespaces): cross-node DDP, and `pipeline.cluster.submit` through
-the Jobs API running `dvc repro` there and bringing metrics, plots and model back."""
+"""Two real Ray nodes (network namespaces): cross-node DDP, and `ray job submit` running the
+pipeline there as a DVC experiment that `dvc exp pull` brings back, equal to a local run."""
 import json
 import shutil
 import subprocess
@@ -84,43 +84,61 @@ def test_ddp_all_reduces_across_two_nodes(cluster, tiny_shards, tmp_path):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
-def test_submit_runs_dvc_repro_on_the_cluster_and_brings_outputs_back(cluster, tmp_path, mnist_dir):
-    repo = tmp_path / "repo"
-    repo.mkdir()
+def test_a_ray_job_runs_the_pipeline_as_an_experiment_that_dvc_exp_pull_brings_back(cluster, tmp_path, mnist_dir):
+    repo, origin, dvc_remote, nfs = (tmp_path / n for n in ("repo", "origin.git", "dvc-remote", "nfs"))
+    for d in (repo, dvc_remote, nfs):
+        d.mkdir()
     for name in ("pipeline", "stages"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml", "README.md"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, repo)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    # Raw MNIST from a path both nodes see (the shared-storage route; a user without one
-    # would `--include data/raw`); checkpoints on a path both nodes can write.
+    # Raw MNIST from a path both nodes see (the shared-storage route); checkpoints on a
+    # path both nodes can write.
     params["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=600)
     params["model"]["moe_vae"].update(experts=3, manager={})
     params["model"]["net"].update(hidden=32, latent_dim=4)
     params["train"].update(epochs=1, batch_size=50, num_workers=2, storage_path=str(tmp_path / "shared"))
     params["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    git = "git init -q && git config user.email t@t && git config user.name t && dvc init -q && git add -A && git commit -qm init"
-    subprocess.run(git, shell=True, cwd=repo, check=True, env=cluster.env, capture_output=True)
 
-    nfs = tmp_path / "nfs"  # stands in for a mount every node has (same machine here)
-    r = cluster.run([sys.executable, "-m", "pipeline.cluster.submit", "--address", "http://127.0.0.1:8265",
-                     "--python", sys.executable, "--shared-dir", str(nfs), "--", "dvc", "repro",
-                     "evaluate"], cwd=repo, timeout=600)  # the main model; compare/tune alike
+    def sh(cmd, cwd, env=cluster.env):
+        r = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, f"{cmd}: {r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        return r.stdout
+
+    # Both "machines" are this one, so a bare repo and a folder are remotes both sides reach.
+    sh(f"git init -q --bare {origin}", tmp_path)
+    sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q && "
+       f"dvc remote add -d shared {dvc_remote} && git remote add origin {origin} && "
+       "git add -A && git commit -qm init && git push -q origin HEAD", repo)
+
+    # The documented command; `python` is the head's, first on the PATH `ray start` had.
+    r = cluster.run(["ray", "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
+                     "--", "python", "-m", "pipeline.cluster.job", "run1", "--shared-dir", str(nfs)],
+                    cwd=repo, timeout=600, extra_env={"RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES": ".venv,venv,__pycache__"})
     assert r.returncode == 0, f"{r.stdout[-5000:]}\n{r.stderr[-3000:]}"
-    assert f"in {nfs}/moe-vae-" in r.stdout and not list(nfs.iterdir())  # ran there, then tidied
+    assert f"in {nfs}/run1" in r.stdout and not list(nfs.iterdir())  # ran there, then tidied
     assert "2 worker(s)" in r.stdout  # 1 CPU per node: the two DDP ranks span both nodes
-    assert "@@moe-vae-outs" not in r.stdout  # the bundle is parsed, not echoed
+    assert not (repo / "dvc.lock").exists()  # nothing came back by itself
 
-    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert 0 <= metrics["cluster_accuracy"] <= 1
-    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 1
-    assert (repo / "models/model.pt").stat().st_size > 0
+    sh("dvc exp pull origin run1 && dvc exp apply run1", repo)
+    cluster_metrics = {f: json.loads((repo / "metrics" / f).read_text()) for f in ("train.json", "evaluate.json")}
+    assert 0 <= cluster_metrics["evaluate.json"]["cluster_accuracy"] <= 1
+    assert cluster_metrics["train.json"]["epochs"] == 1
+    assert (repo / "models/model.pt").stat().st_size > 0  # from the DVC remote
     assert (repo / "plots/evaluate/confusion.png").stat().st_size > 0
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert {"prepare", "train", "evaluate"} <= set(lock["stages"])
-    assert not list(repo.glob(".submit-*"))  # the unpacking folder is gone
-    diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], cwd=repo,
-                          env=cluster.env, capture_output=True, text=True)
-    assert "cluster_accuracy" in diff.stdout, diff.stderr  # DVC sees the cluster's metrics as new
+    assert {"prepare", "train", "evaluate"} <= set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
+    diff = json.loads(sh("dvc metrics diff --json", repo))  # the cluster's metrics are new to HEAD
+    assert diff["metrics/evaluate.json"]["cluster_accuracy"]["new"] == cluster_metrics["evaluate.json"]["cluster_accuracy"]
+
+    # The same commit run here: a private loopback Ray, no RAY_ADDRESS, the same 2 workers.
+    assert not any((tmp_path / "shared").glob("*/checkpoint_*"))  # nothing to resume from
+    local_env = {k: v for k, v in cluster.env.items() if k != "GLOO_SOCKET_IFNAME"}
+    local_env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    sh(f"git clone -q {origin} local && cd local && dvc repro", tmp_path, env=local_env)
+    local_metrics = {f: json.loads((tmp_path / "local/metrics" / f).read_text()) for f in cluster_metrics}
+    # Bit-equal, not close: same machine, same thread count, and a 2-rank all-reduce sums
+    # the same two numbers whichever node each rank sits on.
+    assert local_metrics == cluster_metrics, (local_metrics, cluster_metrics)
+    assert isinstance(local_metrics["train.json"]["final"]["loss"], float)  # real floats compared

@@ -1,130 +1,98 @@
-"""pipeline.cluster.submit and pipeline.core.storage without a cluster: what gets uploaded, the output
-bundle's round trip, its integrity checks, and storage paths vs URIs."""
-import io
+"""pipeline.cluster.job without a cluster (a run in a copy stands in for the job's working
+dir): the experiment round trip through a git remote and a DVC remote, the checks that
+fail before training, and pipeline.core.storage's paths vs URIs."""
+import json
+import os
+import shutil
 import subprocess
-import tarfile
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.core import storage
-from pipeline.cluster.submit import (SubmitError, declared_outputs, from_log, log_frames, pack, selected,
-                             stage_workspace, unpack)
 from tests.conftest import ROOT
 
-
-def test_declared_outputs_of_the_project_pipeline():
-    outs = selected(declared_outputs(ROOT / "dvc.yaml"), ["metrics", "plots", "models"])
-    assert {"models/model.pt", "metrics/train.json", "plots/train/curves.csv",
-            "metrics/evaluate.json", "plots/evaluate"} <= set(outs)
-    assert "data/shards" not in outs and not [p for p in outs if "${" in p]
-
-
-@pytest.mark.parametrize("set_name", ["compare", "results"])
-def test_declared_outputs_of_an_experiment_pipeline_expand_its_matrix(set_name):
-    outs = declared_outputs(ROOT / set_name / "dvc.yaml", ROOT)  # wdir: .. -> paths from the root
-    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())[set_name]
-    for preset in cfg["presets"]:
-        for seed in cfg["seeds"]:
-            assert f"models/{set_name}/{preset}/seed{seed}.pt" in outs
-            assert f"{set_name}/runs/{preset}/seed{seed}/evaluate.json" in outs
-    assert f"{set_name}/table.md" in outs and not [p for p in outs if "${" in p or ".." in p]
+DVC_YAML = textwrap.dedent("""
+    stages:
+      fit:
+        cmd: python fit.py
+        deps: [fit.py]
+        params: [p]
+        outs: [model.bin]
+        metrics: [{metrics.json: {cache: false}}]
+""")
+FIT = "import json, yaml\np = yaml.safe_load(open('params.yaml'))['p']\n" \
+      "open('model.bin', 'w').write('w' * p)\njson.dump({'score': p / 10}, open('metrics.json', 'w'))\n"
 
 
-def test_bundle_round_trip_replaces_outputs_and_survives_the_log(tmp_path):
-    cluster, ws = tmp_path / "cluster", tmp_path / "ws"
-    (cluster / "plots/evaluate").mkdir(parents=True)
-    (cluster / "plots/evaluate/confusion.csv").write_text("new")
-    (cluster / "metrics").mkdir()
-    (cluster / "metrics/evaluate.json").write_text('{"nmi": 0.5}')
-    (cluster / "dvc.lock").write_text("schema: '2.0'\n")
-    (ws / "plots/evaluate").mkdir(parents=True)
-    (ws / "plots/evaluate/stale.png").write_text("old")  # a file the new run no longer makes
-    data = pack(cluster, ["plots/evaluate", "metrics/evaluate.json", "dvc.lock", "models/model.pt"])
-    log = "epoch 1/1 ...\n" + "\n".join(log_frames(data)) + "\nsubmit: published\n"
-    allowed = ["plots/evaluate", "metrics/evaluate.json", "metrics/train.json", "dvc.lock"]
-    written = unpack(from_log(log), ws, allowed)
-    assert written[-1] == "dvc.lock"  # last: the lock never refers to outputs not yet there
-    assert sorted(written) == ["dvc.lock", "metrics/evaluate.json", "plots/evaluate"]
-    assert (ws / "plots/evaluate/confusion.csv").read_text() == "new"
-    assert not (ws / "plots/evaluate/stale.png").exists()  # the folder was replaced whole
-    assert sorted(p.name for p in ws.iterdir()) == ["dvc.lock", "metrics", "plots"]  # no temp left
+def sh(cmd: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    # dvc.yaml's `python` must be this interpreter, as on a cluster whose PATH leads to it
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 or not ok, f"{cmd}: {r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    return r
 
 
-def test_corrupt_or_missing_bundle_is_one_line_error():
-    lines = log_frames(b"x" * 10000)
-    lines[2] = lines[2][:-4] + "AAAA"
-    with pytest.raises(SubmitError, match="SHA-256 mismatch"):
-        from_log("\n".join(lines))
-    with pytest.raises(SubmitError, match="no complete output bundle"):
-        from_log("\n".join(lines[:-1]))  # the job died before the end marker
+@pytest.fixture
+def project(tmp_path):
+    """A committed DVC project with a git remote (bare repo) and a DVC remote (folder)."""
+    repo, dvc_remote = tmp_path / "repo", tmp_path / "dvc-remote"
+    repo.mkdir()
+    dvc_remote.mkdir()
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    (repo / "fit.py").write_text(FIT)
+    (repo / "params.yaml").write_text("p: 3\n")
+    sh(f"git init -q --bare {tmp_path / 'origin.git'}", tmp_path)
+    sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q && "
+       f"dvc remote add -d shared {dvc_remote} && git remote add origin {tmp_path / 'origin.git'} && "
+       "git add -A && git commit -qm init && git push -q origin HEAD", repo)
+    return repo
 
 
-def bundle(*members) -> bytes:
-    """A tar.gz of crafted members: (name, type, payload or link target)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, kind, payload in members:
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            if kind == tarfile.REGTYPE:
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-            else:
-                info.linkname = payload if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
-                info.mode = 0o755
-                tar.addfile(info)
-    return buf.getvalue()
+def upload(repo: Path, dest: Path) -> Path:
+    """What Ray's working_dir upload carries: the tree with .git, less git-ignored paths."""
+    shutil.copytree(repo, dest, ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
+    return dest
 
 
-@pytest.mark.parametrize("members", [
-    [("../escaped.txt", tarfile.REGTYPE, b"bad")],
-    [("/abs.txt", tarfile.REGTYPE, b"bad")],
-    # a member named "." replaced the whole project folder before
-    [(".", tarfile.DIRTYPE, ""), ("./.git/hooks/pre-commit", tarfile.REGTYPE, b"#!/bin/sh\n")],
-    [("pipeline/__init__.py", tarfile.REGTYPE, b"bad")],  # a real path, but not an output
-    [("metrics", tarfile.DIRTYPE, "")],  # the folder above an output
-    [("metrics/evaluate.json", tarfile.SYMTYPE, "/etc/passwd")],
-    [("metrics/evaluate.json", tarfile.LNKTYPE, "pipeline/__init__.py")],
-    [("plots/evaluate/x", tarfile.SYMTYPE, "../../..")],
-    [("metrics/evaluate.json", tarfile.FIFOTYPE, "")],
-], ids=["dotdot", "absolute", "dot", "undeclared", "parent", "symlink", "hardlink", "nested-link", "fifo"])
-def test_a_bundle_writes_only_declared_outputs(tmp_path, members):
-    ws = tmp_path / "ws"
-    (ws / "pipeline").mkdir(parents=True)
-    (ws / "pipeline/__init__.py").write_text("ok")
-    (ws / ".git").mkdir()
-    before = sorted(str(p.relative_to(ws)) for p in ws.rglob("*"))
-    with pytest.raises(SubmitError) as e:
-        unpack(bundle(*members), ws, ["metrics/evaluate.json", "plots/evaluate", "dvc.lock"])
-    assert "not a declared output" in str(e.value) and "\n" not in str(e.value)
-    assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*")) == before  # nothing written
-    assert (ws / "pipeline/__init__.py").read_text() == "ok"
+def test_the_job_runs_an_experiment_that_dvc_exp_pull_brings_back(project, tmp_path):
+    cluster = upload(project, tmp_path / "cluster")
+    out = sh(f"{sys.executable} -m pipeline.cluster.job run1 -- -S p=5", cluster).stdout
+    copy = Path(out.split("job: dvc exp run --name run1 in ", 1)[1].split()[0])
+    assert copy.name == "run1" and not copy.parent.exists()  # ran in a fresh copy, then tidied
+    assert not (cluster / "model.bin").exists()  # Ray's unpacked upload stays as it came
+
+    sh("dvc exp pull origin run1 && dvc exp apply run1", project)
+    assert (project / "model.bin").read_text() == "w" * 5  # from the DVC remote
+    assert json.loads((project / "metrics.json").read_text()) == {"score": 0.5}
+    assert "fit" in (project / "dvc.lock").read_text()
+    diff = json.loads(sh("dvc metrics diff --json", project).stdout)
+    assert diff["metrics.json"]["score"]["new"] == 0.5
 
 
-def test_a_damaged_bundle_is_one_line(tmp_path):
-    data = bundle(("metrics/evaluate.json", tarfile.REGTYPE, b"{}"))
-    with pytest.raises(SubmitError, match="cannot be unpacked") as e:
-        unpack(data[: len(data) // 2], tmp_path, ["metrics/evaluate.json"])
-    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+@pytest.mark.parametrize("breakage, message", [
+    ("rm -rf .git", "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"),
+    ("dvc remote modify shared url ../../moe-vae-dvc-remote", "does not exist there"),
+    ("dvc remote remove shared", "no default DVC remote"),
+    ("git remote set-url origin /nonexistent/origin.git", "git remote 'origin' cannot be read"),
+], ids=["no-git", "relative-dvc-remote", "no-dvc-remote", "bad-git-remote"])
+def test_remotes_the_cluster_cannot_use_fail_before_training(project, tmp_path, breakage, message):
+    cluster = upload(project, tmp_path / "cluster")
+    sh(breakage, cluster)
+    r = sh(f"{sys.executable} -m pipeline.cluster.job run1", cluster, ok=False)
+    assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (cluster / "model.bin").exists()  # nothing ran
 
 
-def test_upload_holds_git_files_and_includes_but_not_ignored_outputs(tmp_path):
-    repo, stage = tmp_path / "repo", tmp_path / "stage"
-    (repo / "data/raw").mkdir(parents=True)
-    (repo / "models").mkdir()
-    (repo / ".gitignore").write_text("/data/raw/\n/models/\n")
-    (repo / "dvc.yaml").write_text("stages: {}\n")
-    (repo / "data/raw/train.gz").write_text("raw")
-    (repo / "models/model.pt").write_text("stale local model")
-    subprocess.run("git init -q && git add -A", shell=True, cwd=repo, check=True)
-    (repo / "untracked.py").write_text("")  # untracked but not ignored: travels too
-    stage.mkdir()
-    stage_workspace(repo, ["data/raw"], stage)
-    files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
-    assert files == [".gitignore", "data/raw/train.gz", "dvc.yaml", "untracked.py"]
-    with pytest.raises(SubmitError, match="--include nope"):
-        stage_workspace(repo, ["nope"], stage)
+def test_a_missing_shared_dir_is_one_line(project, tmp_path):
+    r = sh(f"{sys.executable} -m pipeline.cluster.job run1 --shared-dir {tmp_path / 'nope'}",
+           upload(project, tmp_path / "cluster"), ok=False)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"error: --shared-dir {tmp_path / 'nope'} does not exist on the head; "
+        f"give a folder every node mounts at the same path")
 
 
 def test_storage_paths_and_uris(tmp_path, monkeypatch):
@@ -141,17 +109,3 @@ def test_storage_paths_and_uris(tmp_path, monkeypatch):
     (run / "checkpoint_0").mkdir(parents=True)
     assert storage.delete_tree(f"file://{run}") == "" and not run.exists()
     assert storage.delete_tree(str(run)) == ""  # already gone: fine
-
-
-def test_streamed_log_hides_the_bundle_even_when_chunks_split_lines(capsys):
-    import asyncio
-
-    from pipeline.cluster.submit import MARK, stream
-
-    class FakeClient:
-        async def tail_job_logs(self, job_id):
-            for chunk in ["epoch 1/1 loss 3", f"1.0\n{MARK[:5]}", f"{MARK[5:]} begin abc\n{MARK} end\ndone"]:
-                yield chunk
-
-    asyncio.run(stream(FakeClient(), "job"))
-    assert capsys.readouterr().out == "epoch 1/1 loss 31.0\ndone\n"

@@ -1,2 +1,2 @@
-"""Running the pipeline on a Ray cluster: submit.py sends the project as a Ray Job, runs
-`dvc repro` there and brings the declared outputs back."""
+"""Running the pipeline on a Ray cluster: job.py is the entrypoint `ray job submit` runs
+there; it runs `dvc exp run` and pushes the experiment for `dvc exp pull` to bring back."""
