@@ -90,7 +90,7 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
         "dvclive/train/plots/images/components_over_epochs.png"} <= set(shown["data"])
 
     # Narrow dependencies: code the main job does not run, and where checkpoints go.
-    for module in ("pipeline/sweep/run.py", "pipeline/cluster/submit.py", "pipeline/experiments/table.py",
+    for module in ("pipeline/sweep/run.py", "pipeline/cluster/job.py", "pipeline/experiments/table.py",
                    "pipeline/paramdoc.py"):
         with open(repo / module, "a") as f:
             f.write("\n# an edit the main job must not notice\n")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.core.errors import ConfigError
-from pipeline.models.kinds.mmd_vae import IMQ_SCALES, KERNELS, gaussian_kernel, imq_kernel, mmd
+from pipeline.models.kinds.mmd_vae import IMQ_SCALES, KERNELS, imq_kernel, mmd
 from pipeline.models.registry import build_model, model_config
 
 

@@ -123,22 +123,22 @@ def test_a_ray_job_runs_the_pipeline_as_an_experiment_that_dvc_exp_pull_brings_b
     assert not (repo / "dvc.lock").exists()  # nothing came back by itself
 
     sh("dvc exp pull origin run1 && dvc exp apply run1", repo)
-    cluster_metrics = {f: json.loads((repo / "metrics" / f).read_text()) for f in ("train.json", "evaluate.json")}
-    assert 0 <= cluster_metrics["evaluate.json"]["cluster_accuracy"] <= 1
-    assert cluster_metrics["train.json"]["epochs"] == 1
+    cluster_metrics = {s: json.loads((repo / "dvclive" / s / "metrics.json").read_text()) for s in ("train", "evaluate")}
+    assert 0 <= cluster_metrics["evaluate"]["cluster_accuracy"] <= 1
+    assert cluster_metrics["train"]["epochs"] == 1
     assert (repo / "models/model.pt").stat().st_size > 0  # from the DVC remote
-    assert (repo / "plots/evaluate/confusion.png").stat().st_size > 0
+    assert (repo / "dvclive/evaluate/plots/images/latent.png").stat().st_size > 0
     assert {"prepare", "train", "evaluate"} <= set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
     diff = json.loads(sh("dvc metrics diff --json", repo))  # the cluster's metrics are new to HEAD
-    assert diff["metrics/evaluate.json"]["cluster_accuracy"]["new"] == cluster_metrics["evaluate.json"]["cluster_accuracy"]
+    assert diff["dvclive/evaluate/metrics.json"]["cluster_accuracy"]["new"] == cluster_metrics["evaluate"]["cluster_accuracy"]
 
     # The same commit run here: a private loopback Ray, no RAY_ADDRESS, the same 2 workers.
     assert not any((tmp_path / "shared").glob("*/checkpoint_*"))  # nothing to resume from
     local_env = {k: v for k, v in cluster.env.items() if k != "GLOO_SOCKET_IFNAME"}
     local_env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     sh(f"git clone -q {origin} local && cd local && dvc repro", tmp_path, env=local_env)
-    local_metrics = {f: json.loads((tmp_path / "local/metrics" / f).read_text()) for f in cluster_metrics}
+    local_metrics = {s: json.loads((tmp_path / "local/dvclive" / s / "metrics.json").read_text()) for s in cluster_metrics}
     # Bit-equal, not close: same machine, same thread count, and a 2-rank all-reduce sums
     # the same two numbers whichever node each rank sits on.
     assert local_metrics == cluster_metrics, (local_metrics, cluster_metrics)
-    assert isinstance(local_metrics["train.json"]["final"]["loss"], float)  # real floats compared
+    assert isinstance(local_metrics["train"]["loss"], float)  # real floats compared

@@ -85,9 +85,14 @@ def main_job_metric(exp, name):
 
 
 def test_queue_runs_a_grid_and_exp_show_reads_it(repo):
+    # A code change queued with the runs is what they execute, not the working tree's code
+    # (which an editable install would otherwise import): the stages put their copy first.
+    driver = repo / "pipeline/training/driver.py"
+    driver.write_text(driver.read_text() + "\nprint('QUEUED-CODE-MARKER', flush=True)\n")
     out = sh("dvc exp run --queue dvc.yaml -S 'model.moe_vae.balancing_weight="
              + ",".join(map(str, GRID)) + "'", repo)
     assert out.count("Queued experiment") == 2
+    sh("git checkout -q -- pipeline/training/driver.py", repo)  # the workspace goes back
     names = list(queue_table(repo))
     started = time.monotonic()
     try:
@@ -113,6 +118,7 @@ def test_queue_runs_a_grid_and_exp_show_reads_it(repo):
         # Each run starts (and ends) its own local Ray on loopback; prepare is not rerun:
         # its shards come from the DVC cache, as data/raw/ never reaches the queue's copies.
         assert "ray: started a local instance on 127.0.0.1" in text, text
+        assert "QUEUED-CODE-MARKER" in text, text
         assert "Running stage 'train'" in text and "Running stage 'prepare'" not in text, text
         # DVC's only warnings: train's and evaluate's outputs have no hash in the commit's
         # dvc.lock (those stages never ran there), so the run's checkout skips them.

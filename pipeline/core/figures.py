@@ -7,8 +7,10 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the figure makers)
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+__all__ = ["plt", "grid_image", "over_epochs"]  # plt: pyplot on Agg, for the figure makers
 
 
 def grid_image(images: np.ndarray, scale: int = 2) -> np.ndarray:

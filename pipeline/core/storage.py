@@ -2,14 +2,11 @@
 
 Ray Train resolves a storage path with `pyarrow.fs.FileSystem.from_uri`, so any scheme
 pyarrow knows (s3://, gs://, hdfs://, file://) works there; these helpers apply the same
-rule on our side (naming the run directory, deleting it after success, moving the
-submission tarball) so a URI is never mangled by `Path(...).resolve()`.
+rule on our side (naming the run directory, deleting it after success) so a URI is never mangled by `Path(...).resolve()`.
 """
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Tuple
 
@@ -49,30 +46,3 @@ def delete_tree(uri: str) -> str:
         return ""
     except Exception as e:  # noqa: BLE001  (e.g. no credentials for the bucket here)
         return f"could not delete {uri} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-
-
-def put_bytes(uri: str, data: bytes) -> None:
-    """Write `data` so a reader sees the old object or the whole new one.
-
-    Local/shared filesystems: write a sibling temp file, then rename. Object stores
-    (s3, gs) publish an object only when its upload completes, so a direct write is
-    already atomic there.
-    """
-    if not is_uri(uri) or uri.startswith("file://"):
-        path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    # compression=None: pyarrow would otherwise gzip a ".gz" name a second time
-    with fs.open_output_stream(path, compression=None) as f:
-        f.write(data)
-
-
-def get_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path, compression=None) as f:  # bytes as stored
-        return f.read()

@@ -24,7 +24,6 @@ import torch
 from sklearn.cluster import KMeans
 
 from pipeline.core.figures import grid_image
-from pipeline.evaluation.metrics import hungarian_accuracy
 
 
 def shape_stats(grey: np.ndarray, side: int = 28) -> np.ndarray:
