@@ -69,5 +69,5 @@ def first_message(message: str) -> str:
 def mean_over_ranks(sums: Dict[str, float], count: int) -> Dict[str, float]:
     """{key: sum over ranks of sums[key] / sum over ranks of count}."""
     keys = sorted(sums)
-    t = sum_over_ranks(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64))
-    return {k: float(v) / float(t[-1]) for k, v in zip(keys, t[:-1])}
+    t = sum_over_ranks(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)).tolist()
+    return {k: v / t[-1] for k, v in zip(keys, t[:-1])}

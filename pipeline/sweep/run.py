@@ -100,7 +100,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
     data = load_split(Path(setup.shard_dir), "train", with_labels=True)
     n_train = len(data.pixels) - setup.val_rows  # rows [n_train:] are held out
-    pixels = torch.from_numpy(data.pixels[:n_train].copy())  # CPU: batches binarize there
+    pixels = torch.from_numpy(data.pixels[:n_train].copy()).to(device)  # batches drawn there
     steps = n_train // tcfg.batch_size
 
     torch.manual_seed(tcfg.seed)

@@ -1,5 +1,5 @@
 """The training step shared by the train stage and every sweep trial: one epoch over
-device-agnostic uint8 pixels, the optimizer, the per-epoch checkpoint and the snapshot
+uint8 pixels on the training device, the optimizer, the per-epoch checkpoint and the snapshot
 of every component. No Ray here (worker.py and the sweep call it)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Dict
 
 import torch
 
-from pipeline.core.distributed import any_rank, mean_over_ranks
+from pipeline.core.distributed import any_rank, first_message, mean_over_ranks
 from pipeline.core.errors import TrainError
 from pipeline.models.base import GenerativeModel
 from pipeline.models.checkpoint import model_state
@@ -30,32 +30,61 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + rank) % (2 ** 63)
 
 
+# Steps between two checks for a non-finite loss: each check is one host sync (and, under
+# DDP, one tiny all-reduce); in between, the step loop only queues device work.
+CHECK_EVERY = 50
+
+
 def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.Optimizer,
                 pixels: torch.Tensor, batch: int, steps: int, epoch: int, seed: int,
                 rank: int = 0, device: torch.device = torch.device("cpu")) -> Dict[str, float]:
     """One pass of `steps` batches of `batch` rows drawn without replacement from the
-    (N, 784) uint8 `pixels`. `model` may be the DDP wrapper of `raw`. Returns the mean of
-    every loss part over steps (and over ranks under DDP)."""
+    (N, 784) uint8 `pixels`, which live on the training device: batches are drawn, sliced
+    and binarized there. `model` may be the DDP wrapper of `raw`. Returns the mean of
+    every loss part over steps (and over ranks under DDP), read from the device once.
+
+    A non-finite loss is caught within CHECK_EVERY steps and reported with the epoch and
+    step where it first appeared (the steps after it only waste a little time: the run
+    stops either way, and its last checkpoint is from before this epoch)."""
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
     torch.manual_seed(epoch_seed(seed, epoch, rank))  # reparameterisation noise
-    order = torch.randperm(pixels.shape[0], generator=gen)
-    sums: Dict[str, float] = {}
+    order = torch.randperm(pixels.shape[0], generator=gen).to(pixels.device)
+    # Binarization noise: on the CPU from `gen`, after the permutation (the numbers of
+    # every earlier version); on a GPU from a generator of its own there.
+    noise = gen if pixels.device.type == "cpu" else \
+        torch.Generator(pixels.device).manual_seed(epoch_seed(seed, epoch, rank))
+    sums: Dict[str, torch.Tensor] = {}  # float64 on the device: the same sums as Python floats
+    first_bad = torch.full((), steps, device=device)  # the first non-finite step; steps: none
+    bad_loss = torch.zeros((), device=device)
     raw.set_epoch(epoch)
     model.train()
     for step in range(steps):
         idx = order[step * batch:(step + 1) * batch]
-        x = raw.prepare(pixels[idx].float().div_(255), generator=gen).to(device)
+        x = raw.prepare(pixels[idx].float().div_(255), generator=noise).to(device)
         parts = model(x)
         loss = parts["loss"]
-        if any_rank(not torch.isfinite(loss).item()):
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, "
-                                     f"step {step + 1}; lower train.lr or check the data")
+        new = ~torch.isfinite(loss.detach()) & (first_bad == steps)
+        first_bad = torch.where(new, step, first_bad)
+        bad_loss = torch.where(new, loss.detach(), bad_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-    return mean_over_ranks(sums, steps)
+            sums[k] = sums[k] + v.detach().double() if k in sums else v.detach().double()
+        if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+            stop_if_non_finite(int(first_bad), float(bad_loss), steps, epoch)
+    keys = sorted(sums)
+    values = torch.stack([sums[k] for k in keys]).tolist() if keys else []  # one sync an epoch
+    return mean_over_ranks(dict(zip(keys, values)), steps)
+
+
+def stop_if_non_finite(first_bad: int, loss: float, steps: int, epoch: int) -> None:
+    """Raise NonFiniteLossError on every rank if any rank has seen a non-finite loss."""
+    if not any_rank(first_bad < steps):
+        return
+    mine = (f"non-finite loss ({loss}) at epoch {epoch + 1}, step {first_bad + 1}; lower "
+            f"train.lr or check the data") if first_bad < steps else ""
+    raise NonFiniteLossError(first_message(mine))
 
 
 def cpu_model() -> str:

@@ -44,7 +44,8 @@ def cluster_information(model: GenerativeModel, pixels: torch.Tensor,
     model.eval()
     usage, entropy = None, torch.zeros((), dtype=torch.float64)
     for i in range(0, pixels.shape[0], SCORE_CHUNK):
-        x = model.prepare(pixels[i:i + SCORE_CHUNK].float().div_(255), generator=gen)
+        # drawn on the CPU with a fixed seed, wherever the pixels live: the same score on any device
+        x = model.prepare(pixels[i:i + SCORE_CHUNK].cpu().float().div_(255), generator=gen)
         p = model.cluster_probs(x.to(device)).double().cpu()  # (B, K)
         usage = p.sum(0) if usage is None else usage + p.sum(0)
         entropy -= (p * p.clamp_min(1e-300).log()).sum()

@@ -1,0 +1,59 @@
+"""The step loop: no host sync per step (loss parts stay on the device until the epoch
+ends), and a non-finite loss still reported with the epoch and step it first appeared."""
+import math
+
+import pytest
+import torch
+
+from pipeline.models.registry import build_model
+from pipeline.params import params_from_dict
+from pipeline.training import loop
+from pipeline.training.loop import CHECK_EVERY, NonFiniteLossError, make_optimizer, train_epoch
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(params_from_dict({"model": {"moe_vae": {"experts": 3},
+                                                   "net": {"latent_dim": 4, "hidden": 16}}}).model)
+
+
+def pixels(n=1000):
+    return (torch.rand(n, 784, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+
+
+def test_the_step_loop_reads_the_device_once_per_check_not_once_per_step(monkeypatch):
+    """Every way a tensor reaches Python (item, float, int, bool, tolist) is counted over
+    an epoch of 120 steps: a handful per non-finite check and one read at the end,
+    where the old loop made 1 + (number of loss parts) reads every step."""
+    reads = []
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _real=real, _name=name, **k: reads.append(_name) or _real(self, *a, **k))
+    model = tiny_model()
+    steps = 120
+    parts = train_epoch(model, model, make_optimizer(model, 1e-3), pixels(), batch=8, steps=steps,
+                        epoch=0, seed=0)
+    checks = math.ceil(steps / CHECK_EVERY)  # after steps 50, 100 and the last
+    # per check: the first bad step and its loss; at the end: the sums, and their total over ranks
+    assert len(reads) <= 2 * checks + 2, reads
+    assert math.isfinite(parts["loss"]) and set(parts) >= {"loss", "balancing_loss"}
+
+
+def test_a_non_finite_loss_is_reported_at_the_step_it_appeared(monkeypatch):
+    model = tiny_model()
+    real_forward = type(model).forward
+    calls = []
+
+    def forward(self, x):  # the 7th step's loss is NaN; the steps after it stay finite
+        parts = real_forward(self, x)
+        calls.append(1)
+        if len(calls) == 7:
+            parts = {**parts, "loss": parts["loss"] * float("nan")}
+        return parts
+
+    monkeypatch.setattr(type(model), "forward", forward)
+    monkeypatch.setattr(loop, "CHECK_EVERY", 10)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 3, step 7; lower train.lr"):
+        train_epoch(model, model, make_optimizer(model, 1e-3), pixels(), batch=8, steps=40, epoch=2, seed=0)
+    assert len(calls) == 10  # caught at the first check after it, not at the end of the epoch
