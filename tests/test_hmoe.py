@@ -14,7 +14,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.data.shards import load_split
 from pipeline.evaluation.config import EvaluateConfig
 from pipeline.evaluation.hierarchy import explained, shape_stats
-from pipeline.evaluation.metrics import iw_log_likelihood
+from pipeline.evaluation.likelihood import iw_log_likelihood
 from pipeline.evaluation.run import evaluate_stage
 from pipeline.models.checkpoint import save_model
 from pipeline.models.kinds.hmoe_vae import HMoEVAE

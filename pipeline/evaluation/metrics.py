@@ -6,7 +6,6 @@ selection never do.
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable, Dict
 
 import numpy as np
@@ -16,6 +15,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from pipeline.evaluation.config import EvaluateConfig
+from pipeline.evaluation.likelihood import log_likelihoods
 from pipeline.models.base import GenerativeModel
 
 
@@ -42,21 +42,6 @@ def cluster_scores(labels: np.ndarray, clusters: np.ndarray, n_clusters: int) ->
     return {"cluster_accuracy": acc,
             "nmi": float(normalized_mutual_info_score(labels, clusters)),
             "ari": float(adjusted_rand_score(labels, clusters))}
-
-
-@torch.no_grad()
-def iw_log_likelihood(model: GenerativeModel, x: torch.Tensor, n_samples: int,
-                      chunk: int) -> torch.Tensor:
-    """(B,) estimates of log p(x) = log (1/S) sum_s w_s, with S = n_samples importance
-    weights drawn `chunk` at a time and combined by a running logsumexp."""
-    total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-    done = 0
-    while done < n_samples:
-        s = min(chunk, n_samples - done)
-        log_w = model.log_importance_weights(x, s).double()  # (B, s)
-        total = torch.logaddexp(total, torch.logsumexp(log_w, dim=1))
-        done += s
-    return total - math.log(n_samples)
 
 
 def prepare_test(model: GenerativeModel, pixels: np.ndarray, seed: int) -> torch.Tensor:
@@ -102,15 +87,7 @@ def evaluate_model(model: GenerativeModel, pixels: np.ndarray, labels: np.ndarra
     metrics["cluster_usage"] = {str(k): float(u) for k, u in enumerate(usage)}
 
     n_ll = len(x) if cfg.ll_limit is None else min(cfg.ll_limit, len(x))
-    lls, t0, report_every = [], time.perf_counter(), max(1, n_ll // cfg.batch_size // 10)
-    for i, xb in enumerate(x[:n_ll].split(cfg.batch_size)):
-        lls.append(iw_log_likelihood(model, xb, cfg.iw_samples, cfg.iw_chunk))
-        if (i + 1) % report_every == 0:
-            seen = sum(len(t) for t in lls)
-            spent = time.perf_counter() - t0
-            log(f"log-likelihood: {seen}/{n_ll} images, mean {torch.cat(lls).mean():.2f} nats, "
-                f"{spent:.0f}s, ETA {spent / seen * (n_ll - seen):.0f}s")
-    ll = torch.cat(lls)
+    ll = log_likelihoods(model, x[:n_ll], cfg, log)  # likelihood.py: here, a GPU or Ray tasks
     metrics["test_log_likelihood"] = float(ll.mean())
     metrics["test_log_likelihood_sem"] = float(ll.std() / math.sqrt(len(ll))) if len(ll) > 1 else 0.0
     metrics["ll_images"] = n_ll

@@ -29,7 +29,8 @@ from pipeline.core.errors import ConfigError, DataError, TrainError
 from pipeline.core.storage import filesystem, join, resolve_storage
 from pipeline.core.schema import apply_overrides, to_dict
 from pipeline.data.shards import load_split, read_manifest
-from pipeline.evaluation.metrics import cluster_scores, iw_log_likelihood, prepare_test
+from pipeline.evaluation.likelihood import iw_log_likelihood
+from pipeline.evaluation.metrics import cluster_scores, prepare_test
 from pipeline.models.registry import build_model
 from pipeline.params import Params, params_from_dict
 from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS, param_space, trial_count

@@ -1,0 +1,140 @@
+"""Issue 19's figures in one command: training throughput, achieved FLOP/s beside the
+same run's matmul peak, and the time of the test set's importance-sampled log-likelihood.
+
+    python benchmarks/gpu_first.py [--device auto|cpu|cuda] [--raw data/raw] [--steps 300]
+        [--ll-images 10000] [--iw-samples 5000] [--out benchmarks/gpu_first.json]
+
+For the seeds' recipe (results preset moe_seed) and the best clustering recipe
+(moe_imsat), each on real MNIST with the data on the device as the train stage keeps it:
+  images/s   train_epoch (the train stage's step loop) over --steps batches of
+             train.batch_size, after a warm-up epoch of 20 steps; it reads the device
+             once at its end, so the time includes all the queued work
+  FLOP/s     the FLOPs of one training step, counted by torch's FlopCounterMode (forward
+             and backward, every matmul and convolution; elementwise work not counted),
+             times steps / time, beside a square fp32 matmul's FLOP/s measured in this run
+  log p(x)   evaluate's estimator (pipeline/evaluation/likelihood.py) on the first
+             --ll-images test images with --iw-samples samples each; with fewer than the
+             10 000 test images the full-set time is extrapolated linearly and says so.
+Defaults are the GPU run's (about 3 minutes on one H200 is the aim); on a CPU pass e.g.
+--steps 30 --ll-images 200. Figures go to --out as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline.data.idx import load_raw_split  # noqa: E402
+from pipeline.evaluation.config import EvaluateConfig  # noqa: E402
+from pipeline.evaluation.likelihood import log_likelihoods  # noqa: E402
+from pipeline.evaluation.metrics import prepare_test  # noqa: E402
+from pipeline.models.registry import build_model  # noqa: E402
+from pipeline.params import load_params, variant  # noqa: E402
+from pipeline.training.loop import cpu_model, make_optimizer, train_epoch  # noqa: E402
+
+RECIPES = {"moe_seed": "the seeds' recipe", "moe_imsat": "the best clustering recipe"}
+TEST_IMAGES = 10_000
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, n: int, repeats: int = 10) -> float:
+    """FLOP/s of an (n, n) @ (n, n) fp32 matmul (TF32 off, as in training)."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
+
+
+def step_flops(model, x: torch.Tensor) -> int:
+    """FLOPs of one training step (loss forward and backward) on the batch x."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(x)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def train_speed(params, pixels: torch.Tensor, steps: int, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = build_model(params.model).to(device)
+    opt = make_optimizer(model, params.train.lr)
+    batch = params.train.batch_size
+    flops = step_flops(model, model.prepare(pixels[:batch].float().div(255)).to(device))
+    train_epoch(model, model, opt, pixels, batch, 20, 0, 0, device=device)  # warm-up
+    t = time.perf_counter()
+    train_epoch(model, model, opt, pixels, batch, steps, 1, 0, device=device)
+    seconds = time.perf_counter() - t
+    return {"images_per_s": steps * batch / seconds, "step_ms": 1e3 * seconds / steps,
+            "flops_per_step": flops, "achieved_flops_per_s": flops * steps / seconds}
+
+
+def ll_time(params, test: torch.Tensor, images: int, samples: int, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = build_model(params.model).eval()
+    x = prepare_test(model, test[:images], 0)
+    cfg = EvaluateConfig(iw_samples=samples, iw_chunk=min(samples, 500),
+                         use_gpu=device.type == "cuda")
+    t = time.perf_counter()
+    ll = log_likelihoods(model, x, cfg, log=lambda s: None)
+    seconds = time.perf_counter() - t
+    return {"images": images, "iw_samples": samples, "seconds": seconds,
+            "full_test_set_seconds": seconds * TEST_IMAGES / images,
+            "extrapolated": images < TEST_IMAGES, "mean_nats": float(ll.mean())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--raw", default=str(ROOT / "data/raw"), help="the four MNIST .gz files")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--ll-images", type=int, default=TEST_IMAGES)
+    p.add_argument("--iw-samples", type=int, default=5000)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/gpu_first.json"))
+    a = p.parse_args()
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if a.device == "auto" else a.device)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    train_pixels = torch.from_numpy(load_raw_split(Path(a.raw), "train", 60_000)[0].copy()).to(device)
+    test = load_raw_split(Path(a.raw), "test", TEST_IMAGES)[0]
+    params = load_params(ROOT / "params.yaml")
+    peak = matmul_peak(device, 4096 if device.type == "cuda" else 1024)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    report = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "matmul_peak_flops_per_s": peak, "recipes": {}}
+    print(f"{name}: fp32 matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
+    for preset, what in RECIPES.items():
+        run = variant(params, "results", preset, 0)
+        speed = train_speed(run, train_pixels, a.steps, device)
+        ll = ll_time(run, test, min(a.ll_images, TEST_IMAGES), a.iw_samples, device)
+        report["recipes"][preset] = {"what": what, "batch": run.train.batch_size, **speed,
+                                     "peak_share": speed["achieved_flops_per_s"] / peak,
+                                     "log_likelihood": ll}
+        print(f"{preset} ({what}): {speed['images_per_s']:.0f} images/s, {speed['step_ms']:.2f} ms a step, "
+              f"{speed['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * speed['achieved_flops_per_s'] / peak:.2f} % "
+              f"of the matmul peak; log p(x) of {ll['images']} images x {ll['iw_samples']} samples "
+              f"{ll['seconds']:.1f}s (full test set {'~' if ll['extrapolated'] else ''}"
+              f"{ll['full_test_set_seconds']:.0f}s)", flush=True)
+    Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
