@@ -12,6 +12,7 @@ For the seeds' recipe (results preset moe_seed) and the best clustering recipe
   FLOP/s     the FLOPs of one training step, counted by torch's FlopCounterMode (forward
              and backward, every matmul and convolution; elementwise work not counted),
              times steps / time, beside a square fp32 matmul's FLOP/s measured in this run
+             (moe_step.py's: 8192 on a GPU, 1024 on a CPU)
   log p(x)   evaluate's estimator (pipeline/evaluation/likelihood.py) on the first
              --ll-images test images with --iw-samples samples each; with fewer than the
              10 000 test images the full-set time is extrapolated linearly and says so.
@@ -38,26 +39,11 @@ from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.params import load_params, variant  # noqa: E402
 from pipeline.training.loop import cpu_model, make_optimizer, train_epoch  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from moe_step import matmul_peak_gflops  # noqa: E402  (fp32, TF32 off, waits for the GPU)
+
 RECIPES = {"moe_seed": "the seeds' recipe", "moe_imsat": "the best clustering recipe"}
 TEST_IMAGES = 10_000
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device: torch.device, n: int, repeats: int = 10) -> float:
-    """FLOP/s of an (n, n) @ (n, n) fp32 matmul (TF32 off, as in training)."""
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    torch.backends.cuda.matmul.allow_tf32 = False
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
 def step_flops(model, x: torch.Tensor) -> int:
@@ -115,7 +101,7 @@ def main() -> None:
     train_pixels = torch.from_numpy(load_raw_split(Path(a.raw), "train", 60_000)[0].copy()).to(device)
     test = load_raw_split(Path(a.raw), "test", TEST_IMAGES)[0]
     params = load_params(ROOT / "params.yaml")
-    peak = matmul_peak(device, 4096 if device.type == "cuda" else 1024)
+    peak = matmul_peak_gflops(device) * 1e9
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     report = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "matmul_peak_flops_per_s": peak, "recipes": {}}

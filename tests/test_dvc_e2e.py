@@ -34,9 +34,8 @@ def edit_params(repo, change):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def repo(tmp_path, mnist_dir):
-    repo = tmp_path / "repo"
+def copy_project(repo):
+    """The project's pipeline files and params.yaml into a scratch folder `repo`."""
     for name in COPIED:
         src, dst = ROOT / name, repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +44,12 @@ def repo(tmp_path, mnist_dir):
         else:
             shutil.copy(src, dst)
     shutil.copy(ROOT / "params.yaml", repo)
+
+
+@pytest.fixture
+def repo(tmp_path, mnist_dir):
+    repo = tmp_path / "repo"
+    copy_project(repo)
 
     def tiny(p):
         p["data"].update(raw_dir=str(mnist_dir), shards=2, train_limit=600)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_dvc_e2e import COPIED, edit_params, sh
+from tests.test_dvc_e2e import copy_project, edit_params, sh
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +24,7 @@ def repo(tmp_path, mnist_dir):
     and a commit whose dvc.lock holds the prepare stage: the queue's copies of the repo get
     only git- and DVC-tracked files, so they take data/shards from the DVC cache."""
     repo = tmp_path / "repo"
-    for name in COPIED:
-        src, dst = ROOT / name, repo / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
-    shutil.copy(ROOT / "params.yaml", repo)
+    copy_project(repo)
     (repo / "data/raw").mkdir(parents=True)
     for f in mnist_dir.glob("*.gz"):
         (repo / "data/raw" / f.name).symlink_to(f)
