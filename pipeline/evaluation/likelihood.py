@@ -41,13 +41,14 @@ def iw_log_likelihood(model: GenerativeModel, x: torch.Tensor, n_samples: int,
 
 @torch.no_grad()
 def batches_log_likelihood(model: GenerativeModel, x: torch.Tensor, first: int, cfg: EvaluateConfig,
-                           progress: Callable[[int], None] = lambda n: None) -> torch.Tensor:
-    """(N,) estimates for x, cut in batches of cfg.batch_size numbered from `first`."""
+                           progress: Callable[[torch.Tensor], None] = lambda ll: None) -> torch.Tensor:
+    """(N,) estimates for x, cut in batches of cfg.batch_size numbered from `first`;
+    progress(estimates) after each batch."""
     out = []
     for i, xb in enumerate(x.split(cfg.batch_size)):
         torch.manual_seed(batch_seed(cfg.seed, first + i))
         out.append(iw_log_likelihood(model, xb, cfg.iw_samples, cfg.iw_chunk).cpu())
-        progress(len(xb))
+        progress(out[-1])
     return torch.cat(out)
 
 
@@ -68,14 +69,17 @@ def _worker(state: dict, x: torch.Tensor, first: int, cfg: EvaluateConfig, gpu: 
 def log_likelihoods(model: GenerativeModel, x: torch.Tensor, cfg: EvaluateConfig,
                     log: Callable[[str], None] = print) -> torch.Tensor:
     """(N,) estimates of log p(x), on the plan cfg.workers and cfg.use_gpu say."""
-    t0, n, seen = time.perf_counter(), len(x), [0]
+    t0, n, seen, total = time.perf_counter(), len(x), [0], [0.0]
     every = max(1, n // 10)
 
-    def progress(k: int) -> None:
+    def progress(ll: torch.Tensor) -> None:  # about ten lines, with the running mean
+        k = len(ll)
         seen[0] += k
+        total[0] += float(ll.sum())
         if seen[0] // every > (seen[0] - k) // every or seen[0] == n:
             spent = time.perf_counter() - t0
-            log(f"log-likelihood: {seen[0]}/{n} images, {spent:.0f}s, ETA {spent / seen[0] * (n - seen[0]):.0f}s")
+            log(f"log-likelihood: {seen[0]}/{n} images, mean {total[0] / seen[0]:.2f} nats, "
+                f"{spent:.0f}s, ETA {spent / seen[0] * (n - seen[0]):.0f}s")
 
     if cfg.workers == 1:
         gpu = cfg.use_gpu is True or (cfg.use_gpu == "auto" and torch.cuda.is_available())
@@ -112,14 +116,14 @@ def _fan_out(model: GenerativeModel, x: torch.Tensor, cfg: EvaluateConfig, log, 
     task = ray.remote(_worker).options(num_cpus=per_task_cpus, num_gpus=1 if gpu else 0)
     log(f"log-likelihood: {len(x)} images in {len(batches)} batches over {workers} Ray task(s) "
         f"({'a GPU' if gpu else f'{per_task_cpus:g} CPU'} each)")
-    refs = {}
+    refs = []
     for part in parts:
         if len(part):
             lo = batches[part.start]
             hi = batches[part.stop] if part.stop < len(batches) else len(x)
-            refs[task.remote(state, x[lo:hi].cpu(), part.start, cfg, gpu, max(1, int(per_task_cpus)))] = hi - lo
+            refs.append(task.remote(state, x[lo:hi].cpu(), part.start, cfg, gpu, max(1, int(per_task_cpus))))
     pending = list(refs)
-    while pending:
+    while pending:  # a line as each task ends
         done, pending = ray.wait(pending, num_returns=1)
-        progress(refs[done[0]])
-    return torch.cat(ray.get(list(refs)))
+        progress(ray.get(done[0]))
+    return torch.cat(ray.get(refs))
