@@ -83,10 +83,18 @@ def test_core_imports_no_other_subpackage():
             assert all(d.startswith("pipeline.core") or d == "pipeline" for d in imports(path)), name
 
 
-def test_stage_scripts_are_thin_and_use_the_installed_package():
+# The one sys.path line a stage script has: its own checkout's pipeline/ first. A queued
+# `dvc exp run` executes a copy of the project, and an editable install would otherwise
+# import the working tree's code into it (tests/test_queue.py runs a queued code change).
+OWN_CHECKOUT = "sys.path.insert(0, str(Path(__file__).resolve().parents[1]))"
+
+
+def test_stage_scripts_are_thin_and_import_their_own_checkout():
     for script in sorted((ROOT / "stages").glob("*.py")):
         text = script.read_text()
-        assert "sys.path" not in text, f"{script.name} edits sys.path"
+        edits = [line for line in text.splitlines() if "sys.path" in line and not line.lstrip().startswith("#")]
+        assert edits == [OWN_CHECKOUT], f"{script.name}: {edits}"
+        assert text.index(OWN_CHECKOUT) < text.index("from pipeline"), f"{script.name} imports pipeline first"
         assert len(text.splitlines()) <= 40, f"{script.name} holds logic that belongs in pipeline/"
 
 
