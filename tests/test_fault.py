@@ -223,8 +223,11 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
         "train": {"epochs": 10, "batch_size": 40, "storage_path": str(tmp_path / "ckpt")}}))
     cmd = [sys.executable, str(ROOT / "stages/train.py"), "--shards", str(shards), "--model", "m.pt",
            "--live", "live", "--record", "r.json"]
+    # SIGINT as a terminal delivers it: a runner that started us in the background (`cmd &`
+    # in a script) leaves SIGINT ignored, which the stage would inherit and keep.
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
