@@ -32,13 +32,13 @@ def test_round_trip_synthetic(tmp_path):
     assert pixels.value_type == pa.uint8() and schema.field("label").type == pa.uint8()
 
 
-def test_workers_read_disjoint_covering_shares(tmp_path):
+def test_a_split_reads_back_whole_in_order_without_labels_unless_asked(tmp_path):
     raw = make_raw(tmp_path / "raw")
     write_shards(tmp_path / "s", raw, shards=4, train_limit=None, counts=COUNTS, md5=None)
-    parts = [load_split(tmp_path / "s", "train", rank=r, world=2).index for r in range(2)]
-    assert set(parts[0]).isdisjoint(parts[1])
-    assert sorted(np.concatenate(parts)) == list(range(60))
-    assert load_split(tmp_path / "s", "train").labels is None  # training never gets labels
+    split = load_split(tmp_path / "s", "train")
+    assert split.index.tolist() == list(range(60))
+    assert split.labels is None  # training never gets labels
+    assert len(load_split(tmp_path / "s", "train", with_labels=True).labels) == 60
 
 
 def test_same_input_gives_byte_identical_shards(tmp_path):

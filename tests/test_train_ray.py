@@ -1,5 +1,4 @@
 """Ray Train: 2-worker DDP on tiny data, one-line failures, loopback-only listeners."""
-import dataclasses
 import json
 import subprocess
 import sys
@@ -25,7 +24,7 @@ def tiny_params(tmp_path, **train) -> Params:
 
 
 def test_ddp_two_workers_learns_and_returns_a_rebuildable_model(ray_session, tiny_shards, tmp_path):
-    params = tiny_params(tmp_path, epochs=3)
+    params = tiny_params(tmp_path, epochs=3, batch_size=20, batch_scope="worker")  # global 40
     lines = []
     state = fit(params, tiny_shards, log=lines.append)
     hist = state["history"]
@@ -90,12 +89,12 @@ def test_the_message_names_the_last_checkpoint_only_when_there_is_one(tmp_path):
                                                f"from the checkpoint after epoch 3 in {run}")
 
 
-def test_more_workers_than_shards_fails_before_ray_work(tiny_shards, tmp_path):
+def test_a_global_batch_larger_than_the_data_fails_before_ray_work(tiny_shards, tmp_path):
     from pipeline.core.errors import DataError
 
-    params = dataclasses.replace(tiny_params(tmp_path), train=dataclasses.replace(
-        tiny_params(tmp_path).train, num_workers=4))
-    with pytest.raises(DataError, match="exceeds the 2 training shards"):
+    # more workers than shards is fine (every worker reads them all); 4 x 120 > 400 rows is not
+    params = tiny_params(tmp_path, num_workers=4, batch_size=120, batch_scope="worker")
+    with pytest.raises(DataError, match="400 training rows are fewer than one global batch of 480"):
         fit(params, tiny_shards, log=lambda s: None)
 
 

@@ -74,23 +74,13 @@ def read_manifest(shard_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def shard_rows(manifest: dict, split: str, rank: int, world: int) -> int:
-    """Rows worker `rank` of `world` holds when it reads shards[rank::world]."""
-    return sum(e["rows"] for e in manifest["splits"][split][rank::world])
-
-
-def load_split(shard_dir: Path, split: str, rank: int = 0, world: int = 1,
-               with_labels: bool = False) -> Split:
-    """Read this worker's shards (shards[rank::world]), verifying their checksums."""
+def load_split(shard_dir: Path, split: str, with_labels: bool = False) -> Split:
+    """Read every shard of `split` in order, verifying their checksums."""
     shard_dir = Path(shard_dir)
-    manifest = read_manifest(shard_dir)
-    entries = manifest["splits"][split]
-    if world > len(entries):
-        raise DataError(f"{len(entries)} {split} shards cannot feed {world} workers; "
-                        f"set data.shards >= train.num_workers")
+    entries = read_manifest(shard_dir)["splits"][split]
     columns = ["index", "pixels"] + (["label"] if with_labels else [])
     parts = []
-    for e in entries[rank::world]:
+    for e in entries:
         path = shard_dir / e["file"]
         if sha256_file(path) != e["sha256"]:
             raise DataError(f"{path}: checksum differs from manifest.json; re-run the prepare stage")

@@ -12,12 +12,24 @@ from pipeline.core.schema import param
 # stage does not depend on them (changing them reruns nothing), and a sweep cannot set them.
 RUNTIME_KEYS = ("storage_path", "max_failures", "tensorboard")
 
+# lr_scaling: the exponent p of lr x (global batch / batch_size)^p. Square-root scaling keeps
+# Adam's update noise matched (Malladi et al. 2022, "On the SDEs and scaling rules for
+# adaptive gradient algorithms"); linear scaling is SGD's (Goyal et al. 2017).
+LR_SCALING = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = param(20, "passes over the training split")
-    batch_size: int = param(100, "global batch, split evenly over the workers")
-    lr: float = param(1e-3, "Adam learning rate")
+    batch_size: int = param(100, "images a step: the global batch, split evenly over the workers "
+                                 "(batch_scope: global), or each worker's (batch_scope: worker)")
+    batch_scope: str = param("global", "global: batch_size is the global batch | worker: every "
+                                       "worker steps on batch_size images, so the global batch "
+                                       "is batch_size x num_workers (see docs/pipeline.md, DDP)")
+    lr: float = param(1e-3, "Adam learning rate at a global batch of batch_size")
+    lr_scaling: str = param("sqrt", "the lr of a larger global batch (batch_scope: worker): "
+                                    "sqrt: lr x sqrt(num_workers), the rule for Adam | linear: lr x "
+                                    "num_workers, the rule for SGD | none: lr as given")
     seed: int = param(0, "seeds the weights, batch order and noise")
     num_workers: int = param(1, "Ray Train workers (DDP ranks); 1 is fastest on 2 cores")
     use_gpu: Union[bool, str] = param("auto", "true | false | auto (a GPU per worker when Ray has them)")
@@ -40,9 +52,15 @@ class TrainConfig:
     def __post_init__(self):
         check(positive_int(self.epochs), "epochs", self.epochs, "use an integer >= 1")
         check(positive_int(self.num_workers), "num_workers", self.num_workers, "use an integer >= 1")
-        check(self.batch_size >= self.num_workers and self.batch_size % self.num_workers == 0,
+        check(self.batch_scope in ("global", "worker"), "batch_scope", self.batch_scope,
+              "use global or worker")
+        check(self.lr_scaling in LR_SCALING, "lr_scaling", self.lr_scaling,
+              f"use one of {', '.join(LR_SCALING)}")
+        check(positive_int(self.batch_size), "batch_size", self.batch_size, "use an integer >= 1")
+        check(self.batch_scope == "worker" or self.batch_size % self.num_workers == 0,
               "batch_size", self.batch_size,
-              f"use a multiple of train.num_workers={self.num_workers} (it is the global batch)")
+              f"use a multiple of train.num_workers={self.num_workers} (it is the global batch), "
+              f"or set train.batch_scope: worker")
         check(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "use a number > 0")
         check(self.use_gpu in (True, False, "auto"), "use_gpu", self.use_gpu, "use true, false or auto")
         check(self.max_failures >= -1, "max_failures", self.max_failures,
@@ -54,3 +72,19 @@ class TrainConfig:
         check(self.restarts >= 1, "restarts", self.restarts, "use an integer >= 1 (1 = no restarts)")
         check(1 <= self.restart_epochs <= self.epochs, "restart_epochs", self.restart_epochs,
               f"use an integer from 1 to train.epochs={self.epochs}")
+
+    @property
+    def global_batch(self) -> int:
+        """Images a step over all workers."""
+        return self.batch_size * (self.num_workers if self.batch_scope == "worker" else 1)
+
+    @property
+    def worker_batch(self) -> int:
+        """Images a step on each worker (DDP rank)."""
+        return self.global_batch // self.num_workers
+
+    @property
+    def scaled_lr(self) -> float:
+        """The Adam lr of the global batch: lr x (global_batch / batch_size)^p, p from
+        lr_scaling (1 whenever batch_scope is global: the global batch is batch_size)."""
+        return self.lr * (self.global_batch / self.batch_size) ** LR_SCALING[self.lr_scaling]

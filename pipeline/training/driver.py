@@ -17,7 +17,7 @@ from pipeline.core.figures import grid_image, over_epochs
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.schema import to_dict
 from pipeline.core.storage import delete_tree, join, resolve_storage
-from pipeline.data.shards import read_manifest, shard_rows
+from pipeline.data.shards import read_manifest
 from pipeline.params import Params
 from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE
 from pipeline.training.worker import checkpoints, registered_history, train_loop_per_worker
@@ -32,14 +32,11 @@ def run_name(params: Params, manifest: dict) -> str:
 def check_before_ray(params: Params, shard_dir: Path) -> dict:
     """Data problems that would otherwise surface deep inside a worker, as one line."""
     manifest = read_manifest(shard_dir)
-    world, n_shards = params.train.num_workers, len(manifest["splits"]["train"])
-    if world > n_shards:
-        raise DataError(f"train.num_workers={world} exceeds the {n_shards} training shards; "
-                        f"raise data.shards or lower train.num_workers")
-    smallest = min(shard_rows(manifest, "train", r, world) for r in range(world))
-    if smallest < params.train.batch_size // world:
-        raise DataError(f"worker share of {smallest} rows is smaller than the per-worker batch "
-                        f"{params.train.batch_size // world}; lower train.batch_size")
+    tcfg = params.train
+    rows = sum(e["rows"] for e in manifest["splits"]["train"])
+    if rows < tcfg.global_batch:
+        raise DataError(f"the {rows} training rows are fewer than one global batch of "
+                        f"{tcfg.global_batch}; lower train.batch_size")
     return manifest
 
 
@@ -232,6 +229,9 @@ def write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path,
         "train_seconds": sum(t["seconds"] for t in timings) + restarts.get("discarded_seconds", 0.0),
         "images_per_s": timings[-1]["images_per_s"] if timings else None,
         "hardware": state.get("hardware", "unknown"),
+        # what DDP ran: the per-worker batch and the lr that lr_scaling made of train.lr
+        "batch": {"global": params.train.global_batch, "per_worker": params.train.worker_batch,
+                  "lr": params.train.scaled_lr},
         "environment": state["environment"],
         "epochs": timings,
     })

@@ -37,30 +37,36 @@ CHECK_EVERY = 50
 
 def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.Optimizer,
                 pixels: torch.Tensor, batch: int, steps: int, epoch: int, seed: int,
-                rank: int = 0, device: torch.device = torch.device("cpu")) -> Dict[str, float]:
-    """One pass of `steps` batches of `batch` rows drawn without replacement from the
-    (N, 784) uint8 `pixels`, which live on the training device: batches are drawn, sliced
-    and binarized there. `model` may be the DDP wrapper of `raw`. Returns the mean of
-    every loss part over steps (and over ranks under DDP), read from the device once.
+                rank: int = 0, device: torch.device = torch.device("cpu"),
+                world: int = 1) -> Dict[str, float]:
+    """One pass of `steps` global batches of `batch` x `world` rows drawn without
+    replacement from the (N, 784) uint8 `pixels`: the whole training split, on the training
+    device, where batches are drawn, sliced and binarized. Every rank draws the same
+    permutation and binarization noise and steps on its `batch` rows of each global batch
+    (torch's DistributedSampler contract), so `world` DDP ranks see exactly the images one
+    process sees at the same global batch. `model` may be the DDP wrapper of `raw`. Returns
+    the mean of every loss part over steps (and over ranks under DDP), read from the device
+    once.
 
     A non-finite loss is caught within CHECK_EVERY steps and reported with the epoch and
     step where it first appeared (the steps after it only waste a little time: the run
     stops either way, and its last checkpoint is from before this epoch)."""
-    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
-    torch.manual_seed(epoch_seed(seed, epoch, rank))  # reparameterisation noise
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, 0))  # the same on every rank
+    torch.manual_seed(epoch_seed(seed, epoch, rank))  # reparameterisation noise: each rank its own
     order = torch.randperm(pixels.shape[0], generator=gen).to(pixels.device)
     # Binarization noise: on the CPU from `gen`, after the permutation (the numbers of
     # every earlier version); on a GPU from a generator of its own there.
     noise = gen if pixels.device.type == "cpu" else \
-        torch.Generator(pixels.device).manual_seed(epoch_seed(seed, epoch, rank))
+        torch.Generator(pixels.device).manual_seed(epoch_seed(seed, epoch, 0))
+    whole, mine = batch * world, slice(rank * batch, (rank + 1) * batch)
     sums: Dict[str, torch.Tensor] = {}  # float64 on the device: the same sums as Python floats
     first_bad = torch.full((), steps, device=device)  # the first non-finite step; steps: none
     bad_loss = torch.zeros((), device=device)
     raw.set_epoch(epoch)
     model.train()
     for step in range(steps):
-        idx = order[step * batch:(step + 1) * batch]
-        x = raw.prepare(pixels[idx].float().div_(255), generator=noise).to(device)
+        idx = order[step * whole:(step + 1) * whole]  # (batch x world,) the global batch
+        x = raw.prepare(pixels[idx].float().div_(255), generator=noise)[mine].to(device)
         parts = model(x)
         loss = parts["loss"]
         new = ~torch.isfinite(loss.detach()) & (first_bad == steps)

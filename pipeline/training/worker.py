@@ -1,8 +1,9 @@
 """The Ray Train per-worker loop: read this rank's shards, train (with label-free
 restarts if asked), report every epoch with a checkpoint, resume from the last one.
 
-Each worker reads only shards[rank::world] (no Ray Data: MNIST fits in memory, and Ray
-Data would need CPUs the 2-core default machine doesn't have).
+Each worker reads the whole training split, every shard (no Ray Data: MNIST fits in
+memory, and Ray Data would need CPUs the 2-core default machine doesn't have), and steps
+on its slice of each global batch (loop.train_epoch): N workers see the images one does.
 
 A failure that a retry cannot fix (corrupt data, a non-finite loss) is agreed on by every
 rank and *returned* as {"error": line}, not raised: Ray Train retries any raised worker
@@ -24,7 +25,7 @@ import torch
 from pipeline.core.distributed import first_message
 from pipeline.core.errors import PipelineError
 from pipeline.core.storage import filesystem, join
-from pipeline.data.shards import load_split, read_manifest, shard_rows
+from pipeline.data.shards import load_split
 from pipeline.models.base import GenerativeModel
 from pipeline.models.registry import build_model
 from pipeline.params import params_from_dict
@@ -111,31 +112,27 @@ def _train(config: dict) -> None:
     # uint8 rows live on the training device (47 MB for all of MNIST): batches are drawn,
     # sliced and binarized there, with no host-to-device copy in the step loop
     try:
-        pixels = torch.from_numpy(load_split(shard_dir, "train", rank, world).pixels.copy()).to(device)
+        pixels = torch.from_numpy(load_split(shard_dir, "train").pixels.copy()).to(device)
         problem = ""
     except PipelineError as e:  # a corrupt shard may be one rank's only: agree before DDP
         pixels, problem = None, str(e)
     problem = first_message(problem)
     if problem:
         raise PipelineError(problem)
-    batch = tcfg.batch_size // world
-    # Every rank must take the same number of steps (DDP all-reduces each one), so the
-    # epoch length comes from the smallest share, known from the manifest alone.
-    manifest = read_manifest(shard_dir)
-    steps = min(shard_rows(manifest, "train", r, world) for r in range(world)) // batch
+    batch, steps = tcfg.worker_batch, pixels.shape[0] // tcfg.global_batch
     hardware = describe_hardware(device, world, config["threads"])  # once, not every epoch
     environment = describe_environment(device, config["threads"])
 
     def new_run(seed: int) -> Run:
         torch.manual_seed(seed)  # identical initial weights on every rank
         raw = build_model(params.model).to(device)
-        opt = make_optimizer(raw, tcfg.lr)
+        opt = make_optimizer(raw, tcfg.scaled_lr)
         return Run(raw, ray.train.torch.prepare_model(raw) if world > 1 else raw, opt, seed)
 
     def train(run: Run, epoch: int, label: str = "") -> None:
         t0 = time.perf_counter()
         parts = train_epoch(run.model, run.raw, run.opt, pixels, batch, steps, epoch, run.seed,
-                            rank, device)
+                            rank, device, world)
         seconds = time.perf_counter() - t0
         run.history.append({"epoch": epoch + 1, **parts})
         run.timings.append({"epoch": epoch + 1, "seconds": seconds,
@@ -186,7 +183,7 @@ def _train(config: dict) -> None:
     choosing = not ckpt or len(restarts.get("scores", [])) < tcfg.restarts
     if tcfg.restarts > 1 and choosing:  # restarts.py: keep the most informative candidate
         run, restarts = select(tcfg.restarts, tcfg.restart_epochs, tcfg.seed, new_run, train,
-                               lambda r: cluster_information(r.raw, pixels, device),
+                               lambda r: cluster_information(r.raw, pixels[rank::world], device),
                                save=lambda r, rec: report(r, rec, f"{RESTART_CKPT}{len(rec['scores'])}"),
                                resume=(run, restarts) if ckpt else None, log=log)
     elif not ckpt:
