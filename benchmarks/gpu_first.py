@@ -8,7 +8,11 @@ For the seeds' recipe (results preset moe_seed) and the best clustering recipe
 (moe_imsat), each on real MNIST with the data on the device as the train stage keeps it:
   images/s   train_epoch (the train stage's step loop) over --steps batches of
              train.batch_size, after a warm-up epoch of 20 steps; it reads the device
-             once at its end, so the time includes all the queued work
+             once at its end, so the time includes all the queued work. Once for each
+             train.compile mode in --compile, side by side; the warm-up's time (with the
+             compile) is reported apart
+  repeats    the eager loop twice from one seed, with train.deterministic off and on:
+             whether the two runs' losses are equal bit for bit, and the images/s
   FLOP/s     the FLOPs of one training step, counted by torch's FlopCounterMode (forward
              and backward, every matmul and convolution; elementwise work not counted),
              times steps / time, beside a square fp32 matmul's FLOP/s measured in this run
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +42,9 @@ from pipeline.evaluation.likelihood import log_likelihoods  # noqa: E402
 from pipeline.evaluation.metrics import prepare_test  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
 from pipeline.params import load_params, variant  # noqa: E402
-from pipeline.training.loop import cpu_model, make_optimizer, train_epoch  # noqa: E402
+from pipeline.training.config import COMPILE_MODES  # noqa: E402
+from pipeline.training.loop import (compiled, cpu_model, make_optimizer, set_deterministic,  # noqa: E402
+                                    train_epoch)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from moe_step import matmul_peak_gflops  # noqa: E402  (fp32, TF32 off, waits for the GPU)
@@ -56,18 +63,46 @@ def step_flops(model, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def train_speed(params, pixels: torch.Tensor, steps: int, device: torch.device) -> dict:
+def train_speed(params, pixels: torch.Tensor, steps: int, device: torch.device, mode: str) -> dict:
+    """The train stage's step loop with train.compile = mode; the warm-up epoch's time
+    (20 steps, the compile included) is reported apart."""
     torch.manual_seed(0)
     model = build_model(params.model).to(device)
     opt = make_optimizer(model, params.train.lr)
     batch = params.train.batch_size
     flops = step_flops(model, model.prepare(pixels[:batch].float().div(255)).to(device))
-    train_epoch(model, model, opt, pixels, batch, 20, 0, 0, device=device)  # warm-up
+    step = compiled(model, mode)
     t = time.perf_counter()
-    train_epoch(model, model, opt, pixels, batch, steps, 1, 0, device=device)
+    train_epoch(step, model, opt, pixels, batch, 20, 0, 0, device=device)  # warm-up
+    warm_up = time.perf_counter() - t
+    t = time.perf_counter()
+    train_epoch(step, model, opt, pixels, batch, steps, 1, 0, device=device)
     seconds = time.perf_counter() - t
-    return {"images_per_s": steps * batch / seconds, "step_ms": 1e3 * seconds / steps,
-            "flops_per_step": flops, "achieved_flops_per_s": flops * steps / seconds}
+    return {"compile": mode, "warm_up_s": warm_up, "images_per_s": steps * batch / seconds,
+            "step_ms": 1e3 * seconds / steps, "flops_per_step": flops,
+            "achieved_flops_per_s": flops * steps / seconds}
+
+
+def repeatability(params, pixels: torch.Tensor, steps: int, device: torch.device,
+                  deterministic: bool) -> dict:
+    """train.deterministic's promise and cost: the step loop twice from the same seed,
+    eager; identical when every loss part of the two runs is equal bit for bit."""
+    set_deterministic(deterministic)
+    try:
+        runs, seconds = [], []
+        for _ in range(2):
+            torch.manual_seed(0)
+            model = build_model(params.model).to(device)
+            opt = make_optimizer(model, params.train.lr)
+            t = time.perf_counter()
+            runs.append(train_epoch(model, model, opt, pixels, params.train.batch_size, steps, 0, 0,
+                                    device=device))
+            seconds.append(time.perf_counter() - t)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    return {"deterministic": deterministic, "identical": runs[0] == runs[1],
+            "images_per_s": steps * params.train.batch_size / min(seconds)}
 
 
 def ll_time(params, test: torch.Tensor, images: int, samples: int, device: torch.device) -> dict:
@@ -92,8 +127,13 @@ def main() -> None:
     p.add_argument("--ll-images", type=int, default=TEST_IMAGES)
     p.add_argument("--iw-samples", type=int, default=5000)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--compile", nargs="+", default=None, choices=COMPILE_MODES,
+                   help="train.compile modes to time side by side (default: off default "
+                        "reduce-overhead on a GPU, off default on a CPU)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/gpu_first.json"))
     a = p.parse_args()
+    # cuBLAS reads its workspace setting once, at its first call: set for every row alike
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if a.device == "auto" else a.device)
     if a.threads:
@@ -106,18 +146,28 @@ def main() -> None:
     report = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "matmul_peak_flops_per_s": peak, "recipes": {}}
     print(f"{name}: fp32 matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
+    modes = a.compile or (["off", "default", "reduce-overhead"] if device.type == "cuda" else ["off", "default"])
     for preset, what in RECIPES.items():
         run = variant(params, "results", preset, 0)
-        speed = train_speed(run, train_pixels, a.steps, device)
+        speeds = [train_speed(run, train_pixels, a.steps, device, mode) for mode in modes]
+        for speed in speeds:
+            speed["peak_share"] = speed["achieved_flops_per_s"] / peak
+            print(f"{preset} ({what}), compile {speed['compile']}: {speed['images_per_s']:.0f} images/s, "
+                  f"{speed['step_ms']:.2f} ms a step, {speed['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s = "
+                  f"{100 * speed['peak_share']:.2f} % of the matmul peak (warm-up {speed['warm_up_s']:.1f}s)",
+                  flush=True)
+        best = max(speeds, key=lambda r: r["images_per_s"])
+        repeats = [repeatability(run, train_pixels, a.steps, device, d) for d in (False, True)]
+        for r in repeats:
+            print(f"{preset}, train.deterministic {str(r['deterministic']).lower()}: two runs "
+                  f"{'identical' if r['identical'] else 'differ'}, {r['images_per_s']:.0f} images/s", flush=True)
         ll = ll_time(run, test, min(a.ll_images, TEST_IMAGES), a.iw_samples, device)
-        report["recipes"][preset] = {"what": what, "batch": run.train.batch_size, **speed,
-                                     "peak_share": speed["achieved_flops_per_s"] / peak,
+        report["recipes"][preset] = {"what": what, "batch": run.train.batch_size, "best": best["compile"],
+                                     "by_compile": speeds, "repeatability": repeats,
                                      "log_likelihood": ll}
-        print(f"{preset} ({what}): {speed['images_per_s']:.0f} images/s, {speed['step_ms']:.2f} ms a step, "
-              f"{speed['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * speed['achieved_flops_per_s'] / peak:.2f} % "
-              f"of the matmul peak; log p(x) of {ll['images']} images x {ll['iw_samples']} samples "
-              f"{ll['seconds']:.1f}s (full test set {'~' if ll['extrapolated'] else ''}"
-              f"{ll['full_test_set_seconds']:.0f}s)", flush=True)
+        print(f"{preset}: fastest with compile {best['compile']} ({best['images_per_s']:.0f} images/s); "
+              f"log p(x) of {ll['images']} images x {ll['iw_samples']} samples {ll['seconds']:.1f}s "
+              f"(full test set {'~' if ll['extrapolated'] else ''}{ll['full_test_set_seconds']:.0f}s)", flush=True)
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {a.out}")
 

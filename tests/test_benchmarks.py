@@ -44,20 +44,25 @@ def test_cuda_without_a_gpu_is_a_one_line_error():
 
 
 def test_gpu_first_benchmark_writes_its_figures(mnist_dir, tmp_path):
-    """benchmarks/gpu_first.py end to end at toy sizes on the CPU: both recipes, a FLOP
-    count, a peak, and the log-likelihood timing with its extrapolation flagged."""
+    """benchmarks/gpu_first.py end to end at toy sizes on the CPU: both recipes, eager and
+    compiled, a FLOP count, a peak, the deterministic repeat (CPU runs repeat either way)
+    and the log-likelihood timing with its extrapolation flagged."""
     import json
 
     out = tmp_path / "figures.json"
     r = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_first.py"), "--device", "cpu",
                         "--raw", str(mnist_dir), "--steps", "2", "--ll-images", "20",
-                        "--iw-samples", "8", "--threads", "1", "--out", str(out)],
+                        "--iw-samples", "8", "--threads", "1", "--compile", "off", "default",
+                        "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["matmul_peak_flops_per_s"] > 1e8 and set(figures["recipes"]) == {"moe_seed", "moe_imsat"}
     for preset, rec in figures["recipes"].items():
-        assert rec["images_per_s"] > 0 and 0 < rec["peak_share"] < 1.5, (preset, rec)
-        assert rec["flops_per_step"] > 2 * 784 * 128 * rec["batch"]  # at least one first layer
+        assert [s["compile"] for s in rec["by_compile"]] == ["off", "default"] and rec["best"] in ("off", "default")
+        for speed in rec["by_compile"]:
+            assert speed["images_per_s"] > 0 and 0 < speed["peak_share"] < 1.5, (preset, speed)
+            assert speed["flops_per_step"] > 2 * 784 * 128 * rec["batch"]  # at least one first layer
+        assert [(r["deterministic"], r["identical"]) for r in rec["repeatability"]] == [(False, True), (True, True)]
         assert rec["log_likelihood"]["extrapolated"] and rec["log_likelihood"]["mean_nats"] < 0
-    assert "moe_imsat (the best clustering recipe):" in r.stdout
+    assert "moe_imsat (the best clustering recipe), compile default:" in r.stdout

@@ -1,6 +1,7 @@
 """The step loop: no host sync per step (loss parts stay on the device until the epoch
 ends), and a non-finite loss still reported with the epoch and step it first appeared."""
 import math
+import os
 
 import pytest
 import torch
@@ -57,3 +58,55 @@ def test_a_non_finite_loss_is_reported_at_the_step_it_appeared(monkeypatch):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 3, step 7; lower train.lr"):
         train_epoch(model, model, make_optimizer(model, 1e-3), pixels(), batch=8, steps=40, epoch=2, seed=0)
     assert len(calls) == 10  # caught at the first check after it, not at the end of the epoch
+
+
+def test_a_compiled_step_matches_the_eager_one_and_recompiles_only_when_warm_up_ends(monkeypatch):
+    """train.compile: the same losses within float rounding, epoch after epoch; the epoch
+    counter itself is no compile guard (MoEVAE reads a warming_up bool)."""
+    import torch._dynamo
+
+    def run(mode):
+        torch.manual_seed(0)
+        model = build_model(params_from_dict({"model": {"moe_vae": {"experts": 3, "warmup_epochs": 1},
+                                                        "net": {"latent_dim": 4, "hidden": 16}}}).model)
+        step, opt = loop.compiled(model, mode), make_optimizer(model, 1e-3)
+        epochs = []
+        for epoch in range(4):
+            if epoch == 2 and mode != "off":  # compiled twice by now: warming up, then not
+                monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+            epochs.append(train_epoch(step, model, opt, pixels(200), batch=20, steps=5, epoch=epoch, seed=0))
+        return epochs
+
+    torch._dynamo.reset()
+    try:
+        eager, fused = run("off"), run("default")
+    finally:
+        torch._dynamo.reset()
+    for e, f in zip(eager, fused):
+        assert f.keys() == e.keys()
+        for k in e:
+            assert f[k] == pytest.approx(e[k], rel=1e-4, abs=1e-5), k
+
+
+def test_deterministic_mode_keeps_the_cpu_numbers_bit_for_bit(monkeypatch):
+    """train.deterministic pins GPU kernels; on a CPU it changes nothing (the run record's
+    bit-for-bit claim holds either way)."""
+    def run():
+        model = tiny_model()
+        parts = train_epoch(model, model, make_optimizer(model, 1e-3), pixels(200), batch=20, steps=5,
+                            epoch=0, seed=0)
+        return parts, model.state_dict()
+
+    before = run()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    try:
+        loop.set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        after = run()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert after[0] == before[0]
+    assert all(torch.equal(after[1][k], v) for k, v in before[1].items())

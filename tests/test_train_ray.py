@@ -235,3 +235,14 @@ def test_portable_cpu_pins_the_kernels_and_is_recorded(ray_session, tiny_shards,
     env = json.loads((out / "run.json").read_text())["environment"]
     assert env["MKL_CBWR"] == "COMPATIBLE" and env["cpu_capability"] in ("AVX2", "DEFAULT")
     assert env["threads"] == "1"
+
+
+def test_compiled_deterministic_ddp_run_matches_the_eager_one(ray_session, tiny_shards, tmp_path):
+    """train.compile and train.deterministic through the worker path: two DDP workers, the
+    compiled step (with DDP's graph breaks) gives the eager run's losses within rounding."""
+    eager = fit(tiny_params(tmp_path / "e", epochs=2), tiny_shards, log=lambda s: None)["history"]
+    fused = fit(tiny_params(tmp_path / "c", epochs=2, compile="default", deterministic=True),
+                tiny_shards, log=lambda s: None)["history"]
+    assert [r.keys() for r in fused] == [r.keys() for r in eager]
+    for e, f in zip(eager, fused):
+        assert all(f[k] == pytest.approx(e[k], rel=1e-4, abs=1e-5) for k in e), (e, f)

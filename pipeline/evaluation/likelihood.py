@@ -122,8 +122,9 @@ def _fan_out(model: GenerativeModel, x: torch.Tensor, cfg: EvaluateConfig, log, 
             lo = batches[part.start]
             hi = batches[part.stop] if part.stop < len(batches) else len(x)
             refs.append(task.remote(state, x[lo:hi].cpu(), part.start, cfg, gpu, max(1, int(per_task_cpus))))
-    pending = list(refs)
-    while pending:  # a line as each task ends
+    pending, got = list(refs), {}
+    while pending:  # a line as each task ends; each result fetched once
         done, pending = ray.wait(pending, num_returns=1)
-        progress(ray.get(done[0]))
-    return torch.cat(ray.get(refs))
+        got[done[0]] = ray.get(done[0])
+        progress(got[done[0]])
+    return torch.cat([got[r] for r in refs])

@@ -34,8 +34,8 @@ from pipeline.evaluation.metrics import cluster_scores, prepare_test
 from pipeline.models.registry import build_model
 from pipeline.params import Params, params_from_dict
 from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS, param_space, trial_count
-from pipeline.training.loop import (NonFiniteLossError, load_state, make_optimizer, save_state,
-                                    train_epoch)
+from pipeline.training.loop import (NonFiniteLossError, compiled, load_state, make_optimizer,
+                                    save_state, set_deterministic, train_epoch)
 
 Log = Callable[[str], None]
 
@@ -98,6 +98,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     params = trial_params(setup.base, config)
     tcfg = params.train
     torch.set_num_threads(setup.threads)
+    set_deterministic(tcfg.deterministic)  # before any CUDA work
     device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
     data = load_split(Path(setup.shard_dir), "train", with_labels=True)
     n_train = len(data.pixels) - setup.val_rows  # rows [n_train:] are held out
@@ -107,6 +108,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     torch.manual_seed(tcfg.seed)
     model = build_model(params.model).to(device)
     opt = make_optimizer(model, tcfg.lr)
+    step = compiled(model, tcfg.compile)
     x_val = prepare_test(model, data.pixels[n_train:], params.evaluate.seed).to(device)
     labels_val = data.labels[n_train:]
     start = 0
@@ -116,7 +118,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     for epoch in range(start, setup.epochs):
         t0 = time.perf_counter()
         try:
-            parts = train_epoch(model, model, opt, pixels, tcfg.batch_size, steps, epoch, tcfg.seed,
+            parts = train_epoch(step, model, opt, pixels, tcfg.batch_size, steps, epoch, tcfg.seed,
                                 0, device)
         except NonFiniteLossError as e:
             # Not transient: a retry from the last checkpoint (tune.max_failures) would

@@ -16,6 +16,7 @@ RUNTIME_KEYS = ("storage_path", "max_failures", "tensorboard")
 # Adam's update noise matched (Malladi et al. 2022, "On the SDEs and scaling rules for
 # adaptive gradient algorithms"); linear scaling is SGD's (Goyal et al. 2017).
 LR_SCALING = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class TrainConfig:
     restart_epochs: int = param(1, "epochs each candidate trains before the choice")
     threads: int = param(0, "intra-op CPU threads a worker (0: the CPUs Ray gives it); the "
                             "numbers depend on it, so the run record keeps it")
+    deterministic: bool = param(False, "deterministic GPU kernels (torch.use_deterministic_algorithms, "
+                                       "cuDNN, a fixed cuBLAS workspace): two GPU runs of the same "
+                                       "params and seed give the same metrics; CPU runs already do")
+    compile: Union[str, bool] = param("off", "torch.compile the training step: off (or false) | default "
+                                "(or true: fused kernels) | "
+                                "reduce-overhead (those, replayed as CUDA graphs on a GPU) | "
+                                "max-autotune; see docs/benchmarks.md for what each measured")
     portable_cpu: bool = param(False, "pin the CPU kernels (MKL_CBWR=COMPATIBLE, ATen AVX2) so a "
                                       "run repeats bit for bit on any x86-64 CPU with AVX2 at the "
                                       "same train.threads; slower, see docs/pipeline.md")
@@ -68,6 +76,12 @@ class TrainConfig:
         check(isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 0,
               "threads", self.threads, "use 0 (the CPUs Ray gives a worker) or an integer >= 1")
         check(isinstance(self.tensorboard, bool), "tensorboard", self.tensorboard, "use true or false")
+        check(isinstance(self.deterministic, bool), "deterministic", self.deterministic,
+              "use true or false")
+        if isinstance(self.compile, bool):  # YAML reads off/no/false as False, on/yes/true as True
+            object.__setattr__(self, "compile", "default" if self.compile else "off")
+        check(self.compile in COMPILE_MODES, "compile", self.compile,
+              f"use one of {', '.join(COMPILE_MODES)}")
         check(isinstance(self.portable_cpu, bool), "portable_cpu", self.portable_cpu, "use true or false")
         check(self.restarts >= 1, "restarts", self.restarts, "use an integer >= 1 (1 = no restarts)")
         check(1 <= self.restart_epochs <= self.epochs, "restart_epochs", self.restart_epochs,

@@ -29,8 +29,9 @@ from pipeline.data.shards import load_split
 from pipeline.models.base import GenerativeModel
 from pipeline.models.registry import build_model
 from pipeline.params import params_from_dict
-from pipeline.training.loop import (component_snapshot, describe_environment, describe_hardware,
-                                    load_state, make_optimizer, save_state, train_epoch)
+from pipeline.training.loop import (compiled, component_snapshot, describe_environment,
+                                    describe_hardware, load_state, make_optimizer, save_state,
+                                    set_deterministic, train_epoch)
 from pipeline.training.restarts import cluster_information, select
 
 
@@ -106,6 +107,7 @@ def _train(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
+    set_deterministic(tcfg.deterministic)  # before any CUDA work
     device = ray.train.torch.get_device()
 
     shard_dir = Path(config["shard_dir"])
@@ -127,7 +129,8 @@ def _train(config: dict) -> None:
         torch.manual_seed(seed)  # identical initial weights on every rank
         raw = build_model(params.model).to(device)
         opt = make_optimizer(raw, tcfg.scaled_lr)
-        return Run(raw, ray.train.torch.prepare_model(raw) if world > 1 else raw, opt, seed)
+        model = ray.train.torch.prepare_model(raw) if world > 1 else raw
+        return Run(raw, compiled(model, tcfg.compile), opt, seed)
 
     def train(run: Run, epoch: int, label: str = "") -> None:
         t0 = time.perf_counter()

@@ -61,6 +61,13 @@ class MoEVAE(GenerativeModel):
         self.manager = build_manager(self.spec.manager, net, k, n_pixels)  # (B, D) -> (1, B, K)
         self.encoders = encoder(k, net, n_pixels, 2 * net.latent_dim)
         self.decoders = decoder(k, net, n_pixels)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        # a bool, not the epoch, is what forward reads: torch.compile (train.compile) guards
+        # on it, so a compiled step recompiles when the warm-up ends, not every epoch
+        self.warming_up = epoch < getattr(self.spec, "warmup_epochs", 0)  # hmoe_vae: none
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -114,7 +121,7 @@ class MoEVAE(GenerativeModel):
         logits = self.manager_logits(x_manager)  # (B, K)
         probs = F.softmax(logits, dim=-1)
         # warm-up: the expert losses send no gradient to the manager (it learns from its own terms)
-        warmup = self.training and self.epoch < self.spec.warmup_epochs
+        warmup = self.training and self.warming_up
         if self.spec.top_k:  # each expert on its own top-k images only (routing.py)
             gate = logits.detach() if warmup else logits
             expected, kl = routed_expert_loss(self, x, gate, self.spec.top_k)
