@@ -110,3 +110,25 @@ def test_deterministic_mode_keeps_the_cpu_numbers_bit_for_bit(monkeypatch):
         torch.use_deterministic_algorithms(False)
     assert after[0] == before[0]
     assert all(torch.equal(after[1][k], v) for k, v in before[1].items())
+
+
+def test_forward_gets_each_batch_its_rows_of_the_side_input(monkeypatch):
+    """A kind's side_input (e.g. each image's VAT radius) reaches forward row-aligned with
+    the batch: here the side input is the row number, and the grey pixels encode it too."""
+    model = tiny_model()
+    n = 60
+    pixels = torch.zeros(n, 784, dtype=torch.uint8)
+    pixels[torch.arange(n), torch.arange(n)] = 255  # row i: one white pixel at i
+    seen = []
+    real_forward = type(model).forward
+
+    def forward(self, x, side=None):
+        seen.append((x.argmax(1), side))  # binarization keeps a 255 pixel white
+        return real_forward(self, x)
+
+    monkeypatch.setattr(type(model), "forward", forward)
+    train_epoch(model, model, make_optimizer(model, 1e-3), pixels, batch=10, steps=6, epoch=0, seed=0,
+                side=torch.arange(n, dtype=torch.float32))
+    rows = torch.cat([s for _, s in seen])
+    assert all(torch.equal(x, s.long()) for x, s in seen)
+    assert sorted(rows.long().tolist()) == list(range(n))  # one epoch: every row once

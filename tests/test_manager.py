@@ -6,7 +6,7 @@ import torch
 
 from pipeline.models.registry import build_model
 from pipeline.models.blocks import BatchedMLP
-from pipeline.models.manager import (ManagerMLP, conditional_entropy, marginal_entropy,
+from pipeline.models.manager import (ManagerMLP, conditional_entropy, knn_radius, marginal_entropy,
                                      random_affine, vat_loss)
 from tests.conftest import model_cfg
 
@@ -139,3 +139,57 @@ def test_imsat_loss_can_be_scored_without_grad():
     torch.manual_seed(1)
     trained = model(x)
     assert scored["consistency"] > 0 and torch.equal(scored["loss"], trained["loss"].detach())
+
+
+def test_knn_radius_is_the_kth_neighbour_distance_over_its_median():
+    pixels = torch.randint(0, 256, (50, 784), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    pixels[7] = pixels[3]  # a duplicate: its nearest neighbour is at distance 0
+    x = pixels.double() / 255
+    d = torch.cdist(x, x).fill_diagonal_(float("inf"))  # by hand: all pairs, not itself
+    kth = d.sort(1).values[:, 2]  # 3rd nearest other image
+    got = knn_radius(pixels, 3, chunk=16)  # chunks cross the diagonal at every offset
+    assert torch.allclose(got.double(), kth / kth.median(), rtol=1e-4)
+    # 0 up to float32 cancellation in |a|^2 - 2ab + |b|^2 (about 1e-3 of a typical distance)
+    assert knn_radius(pixels, 1)[[3, 7]].max() < 5e-3
+
+
+def test_vat_takes_a_radius_per_image():
+    """eps (B,) = c everywhere is the fixed-radius loss (same noise); raising one image's
+    radius raises the loss, lowering all of them lowers it."""
+    net = ManagerMLP([784, 32, 3], "relu", batchnorm=False)
+    f = lambda v: net(v)[0]  # noqa: E731
+    x = torch.rand(6, 784, generator=torch.Generator().manual_seed(1))
+    log_p = torch.log_softmax(f(x), -1).detach()
+
+    def loss(eps):
+        torch.manual_seed(0)
+        return vat_loss(f, x, log_p, eps).item()
+
+    assert loss(torch.full((6,), 1.5)) == pytest.approx(loss(1.5), rel=1e-6)
+    bigger = torch.full((6,), 1.5)
+    bigger[2] = 4.0
+    assert loss(bigger) > loss(1.5) > loss(torch.full((6,), 0.2))
+
+
+def test_knn_consistency_radius_reaches_vat_and_only_with_knn():
+    from pipeline.models.registry import model_config, side_input
+
+    knn = {"kind": "moe_vae", "moe_vae.experts": 3, "net.latent_dim": 4, "net.hidden": 16,
+           "moe_vae.manager.consistency_weight": 1.0, "moe_vae.manager.consistency_radius": "knn",
+           "moe_vae.manager.consistency_knn": 2}
+    pixels = torch.randint(0, 256, (20, 784), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    radius = side_input(model_config(knn), pixels)
+    assert radius.shape == (20,) and torch.allclose(radius, knn_radius(pixels, 2))
+    assert side_input(model_config({**knn, "moe_vae.manager.consistency_radius": "fixed"}), pixels) is None
+    assert side_input(model_config({**knn, "kind": "hmoe_vae", "hmoe_vae.manager.consistency_weight": 1.0,
+                                    "hmoe_vae.manager.consistency_radius": "knn"}), pixels) is not None
+    torch.manual_seed(0)
+    model = build_model(model_config(knn))
+    x = model.prepare(pixels[:8].float() / 255)
+
+    def consistency(r):
+        torch.manual_seed(1)
+        return model(x, r)["consistency"].item()
+
+    assert consistency(None) == pytest.approx(consistency(torch.ones(8)), rel=1e-6)
+    assert consistency(torch.full((8,), 3.0)) > consistency(torch.full((8,), 0.2))

@@ -35,6 +35,13 @@ class GenerativeModel(nn.Module):
         """This kind's rules across the shared parts of `cfg` (raise core.errors.FieldError,
         keys relative to `model`); its own block checks itself in __post_init__."""
 
+    @classmethod
+    def side_input(cls, cfg: Any, pixels: torch.Tensor) -> Optional[torch.Tensor]:
+        """(N, ...) per-image data that training passes to forward beside each batch, made
+        once from the (N, D) uint8 training pixels, label-free (the MoE-VAE: each image's
+        VAT radius); None (the default): forward(x) alone."""
+        return None
+
     def prepare(self, grey: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B, D) grey pixels in [0, 1] -> the model input x (Bernoulli: a fresh draw per call)."""
         return self.likelihood.prepare(grey, generator=generator)
@@ -44,7 +51,8 @@ class GenerativeModel(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """{'loss': scalar to minimise, <part>: scalar, ...}; every value is logged."""
+        """{'loss': scalar to minimise, <part>: scalar, ...}; every value is logged. A kind
+        with a side_input takes its rows of the batch as a second argument."""
         raise NotImplementedError
 
     def loss(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -4,7 +4,9 @@
     H(Y|X)  = mean_b H(p(.|x_b))          conditional entropy: low means confident choices
     H(Y)    = H(mean_b p(.|x_b))          marginal entropy over the global batch: high = balanced
     R_sat   = mean_b KL(p(.|x_b) || p(.|x_b + r_b))              self-augmentation (VAT)
-              r_b = eps * g_b / |g_b|,  g = grad_d KL(p(.|x) || p(.|x + xi d)),  d ~ N(0, I)
+              r_b = eps_b * g_b / |g_b|,  g = grad_d KL(p(.|x) || p(.|x + xi d)),  d ~ N(0, I)
+              eps_b = eps, or eps * d_k(x_b) / median_b' d_k(x_b') with consistency_radius: knn
+              (d_k: distance to the k-th nearest training image, IMSAT's adaptive radius)
     R_aug   = mean_b KL(p(.|x_b) || p(.|A_b x_b))     A_b a random small affine warp
     manager_loss = entropy_weight * H(Y|X) - marginal_entropy_weight * H(Y)
                    + consistency_weight * R_sat + augment_weight * R_aug
@@ -46,7 +48,12 @@ class ManagerConfig:
     entropy_weight: float = param(0.0, "weight of H(k|x): confident choices (IMSAT)")
     marginal_entropy_weight: float = param(0.0, "weight of -H(k): balanced choices over the batch (IMSAT)")
     consistency_weight: float = param(0.0, "weight of KL(p(k|x) || p(k|x + r_adv)), VAT (IMSAT)")
-    consistency_eps: float = param(1.5, "L2 norm of the adversarial perturbation r_adv")
+    consistency_eps: float = param(1.5, "L2 norm of the adversarial perturbation r_adv (knn: that "
+                                        "of an image at the median neighbour distance)")
+    consistency_radius: str = param("fixed", "fixed: every image's r_adv has norm consistency_eps | "
+                                             "knn: scaled per image by its distance to its k-th "
+                                             "nearest training image over the median one (IMSAT)")
+    consistency_knn: int = param(10, "k of consistency_radius: knn (IMSAT: 10)")
     augment_weight: float = param(0.0, "weight of KL(p(k|x) || p(k|random affine warp of x))")
 
     def __post_init__(self):
@@ -65,6 +72,10 @@ class ManagerConfig:
             check(math.isfinite(value) and value >= 0, key, value, "use a number >= 0")
         check(math.isfinite(self.consistency_eps) and self.consistency_eps > 0, "consistency_eps",
               self.consistency_eps, "use a number > 0")
+        check(self.consistency_radius in ("fixed", "knn"), "consistency_radius",
+              self.consistency_radius, "use fixed or knn")
+        check(positive_int(self.consistency_knn), "consistency_knn", self.consistency_knn,
+              "use an integer >= 1")
         check(self.input in ("sample", "grey"), "input", self.input,
               "use 'sample' (the manager reads what the experts model) or 'grey'")
 
@@ -128,14 +139,34 @@ def _unit(d: torch.Tensor) -> torch.Tensor:
 
 
 def vat_loss(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             log_p: torch.Tensor, eps: float) -> torch.Tensor:
+             log_p: torch.Tensor, eps) -> torch.Tensor:
     """Virtual adversarial loss of logits-function f at x (B, D), with log_p the detached
-    log p(.|x): one power iteration finds the direction r (|r| = eps) that changes p(.|x)
-    the most; the loss is KL(p(x) || p(x + r))."""
+    log p(.|x): one power iteration finds the direction r (|r| = eps, a float or one per
+    image, (B,)) that changes p(.|x) the most; the loss is KL(p(x) || p(x + r))."""
     with torch.enable_grad():  # the power iteration needs a gradient, also in no_grad scoring
         d = (VAT_XI * _unit(torch.randn_like(x))).requires_grad_()
         grad, = torch.autograd.grad(_kl_from(log_p, f(x + d)), d)
+    if torch.is_tensor(eps):
+        eps = eps.view(-1, *[1] * (x.dim() - 1))
     return _kl_from(log_p, f(x + eps * _unit(grad)))
+
+
+@torch.no_grad()
+def knn_radius(pixels: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """(N,) each row's Euclidean distance to its k-th nearest other row of the (N, D) uint8
+    grey `pixels` (scaled to [0, 1]), over the median of those distances: 1 for a typical
+    image, less in dense regions. IMSAT sets each image's VAT radius this way (its 10th
+    neighbour), so a perturbation stays inside the image's own neighbourhood. Exact, as
+    chunks of rows against all N: one GEMM of N x N x D (MNIST on 2 CPU cores: about a minute)."""
+    x = pixels.float().div(255)
+    sq = (x * x).sum(1)  # (N,)
+    out = torch.empty(len(x), device=x.device)
+    for i in range(0, len(x), chunk):
+        q = x[i:i + chunk]
+        d2 = sq[i:i + chunk, None] - 2 * q @ x.t() + sq[None]  # (c, N) squared distances
+        d2[torch.arange(len(q)), torch.arange(i, i + len(q))] = float("inf")  # not itself
+        out[i:i + chunk] = d2.topk(k, dim=1, largest=False).values[:, -1].clamp_min(0).sqrt()
+    return out / out.median().clamp_min(1e-12)
 
 
 def random_affine(x: torch.Tensor, side: int = 28) -> torch.Tensor:
@@ -151,9 +182,17 @@ def random_affine(x: torch.Tensor, side: int = 28) -> torch.Tensor:
     return F.grid_sample(x.view(b, 1, side, side), grid, align_corners=False).view(b, -1)
 
 
+def wants_radius(cfg: ManagerConfig) -> bool:
+    """Whether training passes each image's knn_radius to forward (consistency_radius: knn)."""
+    return cfg.consistency_weight > 0 and cfg.consistency_radius == "knn"
+
+
 def manager_terms(cfg: ManagerConfig, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                  logits: torch.Tensor, probs: torch.Tensor) -> dict:
-    """The weighted manager terms that are switched on, and their sum under 'manager_loss'."""
+                  logits: torch.Tensor, probs: torch.Tensor,
+                  radius: Optional[torch.Tensor] = None) -> dict:
+    """The weighted manager terms that are switched on, and their sum under 'manager_loss'.
+    radius: (B,) the images' knn_radius (training with consistency_radius: knn); None
+    gives every image the radius consistency_eps (also where knn is set: scoring, tests)."""
     parts, total = {}, torch.zeros((), device=x.device)
     target = F.log_softmax(logits.detach(), -1)  # the choice both consistency terms keep
     if cfg.entropy_weight > 0:
@@ -163,7 +202,8 @@ def manager_terms(cfg: ManagerConfig, f: Callable[[torch.Tensor], torch.Tensor],
         parts["marginal_entropy"] = marginal_entropy(probs)
         total = total - cfg.marginal_entropy_weight * parts["marginal_entropy"]
     if cfg.consistency_weight > 0:
-        parts["consistency"] = vat_loss(f, x, target, cfg.consistency_eps)
+        eps = cfg.consistency_eps if radius is None else cfg.consistency_eps * radius
+        parts["consistency"] = vat_loss(f, x, target, eps)
         total = total + cfg.consistency_weight * parts["consistency"]
     if cfg.augment_weight > 0:
         parts["augment_consistency"] = _kl_from(target, f(random_affine(x)))

@@ -63,6 +63,12 @@ def build_model(cfg) -> GenerativeModel:
     return KINDS[cfg.kind].model(cfg)
 
 
+def side_input(cfg, pixels):
+    """The kind's per-image training input from the (N, D) uint8 pixels, or None
+    (GenerativeModel.side_input)."""
+    return KINDS[cfg.kind].model.side_input(cfg, pixels)
+
+
 def model_config(overrides: Dict[str, object] = None) -> "ModelConfig":
     """A validated ModelConfig from dotted keys relative to `model`, e.g.
     {"kind": "vae", "net.hidden": 32}: for tests, benchmarks and notebooks."""

@@ -31,7 +31,7 @@ from pipeline.core.schema import apply_overrides, to_dict
 from pipeline.data.shards import load_split, read_manifest
 from pipeline.evaluation.likelihood import iw_log_likelihood
 from pipeline.evaluation.metrics import cluster_scores, prepare_test
-from pipeline.models.registry import build_model
+from pipeline.models.registry import build_model, side_input
 from pipeline.params import Params, params_from_dict
 from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS, param_space, trial_count
 from pipeline.training.loop import (NonFiniteLossError, compiled, load_state, make_optimizer,
@@ -110,6 +110,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     opt = make_optimizer(model, tcfg.lr)
     step = compiled(model, tcfg.compile)
     x_val = prepare_test(model, data.pixels[n_train:], params.evaluate.seed).to(device)
+    side = side_input(params.model, pixels)  # e.g. each image's VAT radius (knn), label-free
     labels_val = data.labels[n_train:]
     start = 0
     ckpt = tune.get_checkpoint()
@@ -119,7 +120,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         t0 = time.perf_counter()
         try:
             parts = train_epoch(step, model, opt, pixels, tcfg.batch_size, steps, epoch, tcfg.seed,
-                                0, device)
+                                0, device, side=side)
         except NonFiniteLossError as e:
             # Not transient: a retry from the last checkpoint (tune.max_failures) would
             # diverge the same way. End the trial with a row that says so instead.

@@ -226,7 +226,9 @@ def write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path,
         live.make_summary()
     write_json(record, {
         # the discarded restarts' epochs count: the wall time of the whole recipe
-        "train_seconds": sum(t["seconds"] for t in timings) + restarts.get("discarded_seconds", 0.0),
+        # and so does the side input made before them (model.*.consistency_radius: knn)
+        "train_seconds": sum(t["seconds"] for t in timings) + restarts.get("discarded_seconds", 0.0)
+        + float(state.get("side_seconds", 0.0)),
         "images_per_s": timings[-1]["images_per_s"] if timings else None,
         "hardware": state.get("hardware", "unknown"),
         # what DDP ran: the per-worker batch and the lr that lr_scaling made of train.lr

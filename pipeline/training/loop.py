@@ -7,7 +7,7 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -38,13 +38,14 @@ CHECK_EVERY = 50
 def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.Optimizer,
                 pixels: torch.Tensor, batch: int, steps: int, epoch: int, seed: int,
                 rank: int = 0, device: torch.device = torch.device("cpu"),
-                world: int = 1) -> Dict[str, float]:
+                world: int = 1, side: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """One pass of `steps` global batches of `batch` x `world` rows drawn without
     replacement from the (N, 784) uint8 `pixels`: the whole training split, on the training
     device, where batches are drawn, sliced and binarized. Every rank draws the same
     permutation and binarization noise and steps on its `batch` rows of each global batch
     (torch's DistributedSampler contract), so `world` DDP ranks see exactly the images one
-    process sees at the same global batch. `model` may be the DDP wrapper of `raw`. Returns
+    process sees at the same global batch. `side` (N, ...), the kind's side_input on the
+    same device, gives forward each batch's rows of it. `model` may be the DDP wrapper of `raw`. Returns
     the mean of every loss part over steps (and over ranks under DDP), read from the device
     once.
 
@@ -67,7 +68,7 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     for step in range(steps):
         idx = order[step * whole:(step + 1) * whole]  # (batch x world,) the global batch
         x = raw.prepare(pixels[idx].float().div_(255), generator=noise)[mine].to(device)
-        parts = model(x)
+        parts = model(x) if side is None else model(x, side[idx][mine])
         loss = parts["loss"]
         new = ~torch.isfinite(loss.detach()) & (first_bad == steps)
         first_bad = torch.where(new, step, first_bad)

@@ -27,7 +27,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.storage import filesystem, join
 from pipeline.data.shards import load_split
 from pipeline.models.base import GenerativeModel
-from pipeline.models.registry import build_model
+from pipeline.models.registry import build_model, side_input
 from pipeline.params import params_from_dict
 from pipeline.training.loop import (compiled, component_snapshot, describe_environment,
                                     describe_hardware, load_state, make_optimizer, save_state,
@@ -122,6 +122,9 @@ def _train(config: dict) -> None:
     if problem:
         raise PipelineError(problem)
     batch, steps = tcfg.worker_batch, pixels.shape[0] // tcfg.global_batch
+    t0 = time.perf_counter()
+    side = side_input(params.model, pixels)  # e.g. each image's VAT radius (knn), label-free
+    side_seconds = time.perf_counter() - t0  # part of the recipe's time (the run record)
     hardware = describe_hardware(device, world, config["threads"])  # once, not every epoch
     environment = describe_environment(device, config["threads"])
 
@@ -135,7 +138,7 @@ def _train(config: dict) -> None:
     def train(run: Run, epoch: int, label: str = "") -> None:
         t0 = time.perf_counter()
         parts = train_epoch(run.model, run.raw, run.opt, pixels, batch, steps, epoch, run.seed,
-                            rank, device, world)
+                            rank, device, world, side)
         seconds = time.perf_counter() - t0
         run.history.append({"epoch": epoch + 1, **parts})
         run.timings.append({"epoch": epoch + 1, "seconds": seconds,
@@ -164,7 +167,7 @@ def _train(config: dict) -> None:
                 save_state(d, run.raw, run.opt, len(run.history), history=json.dumps(run.history),
                            timings=json.dumps(run.timings), snapshots=torch.stack(run.snapshots),
                            hardware=hardware, environment=json.dumps(environment),
-                           seed=run.seed, restarts=json.dumps(restarts))
+                           seed=run.seed, restarts=json.dumps(restarts), side_seconds=side_seconds)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             # the history rides along for the driver's live logs (registered_history)
             ray.train.report({"epoch": len(run.history), "history": json.dumps(run.history)},
@@ -173,6 +176,9 @@ def _train(config: dict) -> None:
     def log(line: str) -> None:
         if rank == 0:
             print(line, flush=True)
+
+    if side is not None:
+        log(f"side input for training: {tuple(side.shape)} in {side_seconds:.0f}s")
 
     ckpt, restarts = ray.train.get_checkpoint(), {}
     if ckpt:

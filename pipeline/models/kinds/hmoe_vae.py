@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,7 @@ class HMoEVAE(MoEVAE):
         j = self.sub_cluster_probs(x)[torch.arange(len(k), device=k.device), k].argmax(-1)
         return k * self.spec.sub_experts + j
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, radius: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         x, x_manager = self.views(x)
         b, k, j = x.shape[0], self.spec.experts, self.spec.sub_experts
         logits = self.manager_logits(x_manager)  # (B, K)
@@ -116,7 +116,7 @@ class HMoEVAE(MoEVAE):
         kl = (weights * leaf_kl.t().view(b, k, j)).sum((1, 2)).mean()
         balancing = balancing_loss(probs)
         sub_balancing = sub_balancing_loss(probs, sub_probs)
-        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs)
+        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs, radius)
         loss = (expected + self.spec.balancing_weight * balancing
                 + self.spec.sub_balancing_weight * sub_balancing + extra.get("manager_loss", 0.0))
         return {"loss": loss, "expected_expert_loss": expected, "balancing_loss": balancing,

@@ -29,7 +29,7 @@ from pipeline.models.base import GenerativeModel, Kind
 from pipeline.models.blocks import decoder, encoder
 from pipeline.models.distributions import kl_std_normal, log_normal, log_std_normal
 from pipeline.models.manager import (ManagerConfig, balancing_loss, build_manager, check_manager_input,
-                                     manager_terms)
+                                     knn_radius, manager_terms, wants_radius)
 from pipeline.models.routing import routed_expert_loss
 
 
@@ -68,6 +68,12 @@ class MoEVAE(GenerativeModel):
         # a bool, not the epoch, is what forward reads: torch.compile (train.compile) guards
         # on it, so a compiled step recompiles when the warm-up ends, not every epoch
         self.warming_up = epoch < getattr(self.spec, "warmup_epochs", 0)  # hmoe_vae: none
+
+    @classmethod
+    def side_input(cls, cfg, pixels: torch.Tensor) -> Optional[torch.Tensor]:
+        """Each training image's VAT radius scale with consistency_radius: knn (hmoe_vae too)."""
+        manager = cfg.spec.manager
+        return knn_radius(pixels, manager.consistency_knn) if wants_radius(manager) else None
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -116,7 +122,7 @@ class MoEVAE(GenerativeModel):
     def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:
         return F.softmax(self.manager_logits(self.views(x)[1]), dim=-1)  # (B, K)
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, radius: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         x, x_manager = self.views(x)
         logits = self.manager_logits(x_manager)  # (B, K)
         probs = F.softmax(logits, dim=-1)
@@ -131,7 +137,7 @@ class MoEVAE(GenerativeModel):
             expected = (weights * expert_loss.t()).sum(1).mean()
             kl = (weights * kl_kb.t()).sum(1).mean()
         balancing = balancing_loss(probs)
-        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs)
+        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs, radius)
         return {
             "loss": expected + self.spec.balancing_weight * balancing + extra.get("manager_loss", 0.0),
             "expected_expert_loss": expected,
