@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.core.errors import DataError
 from pipeline.data.idx import DATASET_MD5, FILES, download, load_raw_split
-from pipeline.data.shards import load_split, read_manifest, write_shards
+from pipeline.data.load import load_split, read_manifest
+from pipeline.data.shards import write_shards
 from tests.conftest import make_raw
 
 COUNTS = {"train": 60, "test": 20}

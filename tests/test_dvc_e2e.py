@@ -106,6 +106,8 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     sh("git checkout -q -- . && git status --short", repo)
 
     edit_params(repo, lambda p: p["model"]["moe_vae"].update(balancing_weight=1.0))
+    with open(repo / "pipeline/data/load.py", "a") as f:  # the shard reader: train's, not prepare's
+        f.write("\n# an edit prepare must not notice\n")
     out = sh("dvc repro", repo)
     assert "Running stage 'train'" in out and "Running stage 'prepare'" not in out
     sh("git add -A && git commit -qm run2", repo)

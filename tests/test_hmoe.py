@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.core.errors import ConfigError
-from pipeline.data.shards import load_split
+from pipeline.data.load import load_split
 from pipeline.evaluation.config import EvaluateConfig
 from pipeline.evaluation.hierarchy import explained, shape_stats
 from pipeline.evaluation.likelihood import iw_log_likelihood

@@ -73,3 +73,16 @@ def test_an_unknown_kernel_is_a_one_line_error():
     with pytest.raises(ConfigError) as e:
         model_config({"kind": "mmd_vae", "mmd_vae.kernel": "laplace"})
     assert "model.mmd_vae.kernel='laplace'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_model_file_from_before_the_kernel_key_loads_with_the_gaussian_it_trained_with():
+    from pipeline.models.checkpoint import model_from_state, model_state
+
+    model = build_model(model_config({"kind": "mmd_vae", "net.latent_dim": 4, "net.hidden": 8}))
+    state = model_state(model)
+    assert model_from_state(state).cfg.mmd_vae.kernel == "imq"  # a file of today keeps its kernel
+    old = {**state, "config": {**state["config"], "mmd_vae": {
+        k: v for k, v in state["config"]["mmd_vae"].items() if k != "kernel"}}}
+    loaded = model_from_state(old)
+    assert loaded.cfg.mmd_vae.kernel == "gaussian"
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.data.shards import load_split
+from pipeline.data.load import load_split
 from pipeline.models.blocks import BatchedMLP, ConvDecoder, ConvEncoder
 from pipeline.models.checkpoint import load_model, save_model
 from pipeline.models.registry import KINDS, build_model
@@ -214,6 +214,7 @@ def test_a_model_file_written_before_the_nested_params_still_loads(tmp_path):
     cfg = model_config({"moe_vae.experts": 3, "net.latent_dim": 4, "net.hidden": 32,
                         "likelihood.name": "bernoulli", "moe_vae.warmup_epochs": 1,
                         "mmd_vae.proposal_std": 0.2,  # the file's own value, not today's default
+                        "mmd_vae.kernel": "gaussian",  # the only kernel before issue 20
                         "moe_vae.manager": {"encoder": "conv", "activation": "relu", "entropy_weight": 10,
                                             "marginal_entropy_weight": 40, "consistency_weight": 100,
                                             "augment_weight": 100}})

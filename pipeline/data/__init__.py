@@ -1,2 +1,3 @@
-"""Data: the raw IDX files (idx.py: checksums, validation, download) and the Parquet
-shards every later stage reads (shards.py), configured by the `data` section (config.py)."""
+"""Data: the raw IDX files (idx.py: checksums, validation, download), the Parquet shards
+prepare writes (shards.py) and every later stage reads (load.py), configured by the `data`
+section (config.py)."""

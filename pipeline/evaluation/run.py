@@ -7,7 +7,7 @@ from typing import Callable, Dict
 
 from pipeline.core.io import atomic_path
 from pipeline.core.tracking import open_live
-from pipeline.data.shards import load_split
+from pipeline.data.load import load_split
 from pipeline.evaluation.config import EvaluateConfig
 from pipeline.evaluation.hierarchy import log_hierarchy_plots, second_level
 from pipeline.evaluation.metrics import evaluate_model

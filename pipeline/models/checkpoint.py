@@ -42,6 +42,12 @@ V2_KEYS = {
 }
 
 
+# Keys added to a kind's block after format 3, with the value a file written before them
+# was trained with, where their default differs: a stored config without the key reads
+# it as this value, not as today's default.
+ADDED_KEYS = {"mmd_vae": {"kernel": "gaussian"}}  # issue 20 made IMQ the default
+
+
 def upgrade_v2(flat: dict) -> dict:
     """A format-2 flat model mapping -> the nested `model` section it means."""
     over = {"kind": flat["kind"]}
@@ -61,6 +67,8 @@ def model_from_state(state: dict) -> GenerativeModel:
     config = state["config"]
     if state.get("format", 2) == 2:
         config = upgrade_v2(config)
+    config = {**config, **{kind: {**added, **config[kind]} for kind, added in ADDED_KEYS.items()
+                           if isinstance(config.get(kind), dict)}}
     model = build_model(build(ModelConfig, config, "model"))
     model.load_state_dict(state["state_dict"])
     return model

@@ -28,7 +28,7 @@ import torch
 from pipeline.core.errors import ConfigError, DataError, TrainError
 from pipeline.core.storage import filesystem, join, resolve_storage
 from pipeline.core.schema import apply_overrides, to_dict
-from pipeline.data.shards import load_split, read_manifest
+from pipeline.data.load import load_split, read_manifest
 from pipeline.evaluation.likelihood import iw_log_likelihood
 from pipeline.evaluation.metrics import cluster_scores, prepare_test
 from pipeline.models.registry import build_model, side_input

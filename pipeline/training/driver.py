@@ -17,7 +17,7 @@ from pipeline.core.figures import grid_image, over_epochs
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.schema import to_dict
 from pipeline.core.storage import delete_tree, join, resolve_storage
-from pipeline.data.shards import read_manifest
+from pipeline.data.load import read_manifest
 from pipeline.params import Params
 from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE
 from pipeline.training.worker import checkpoints, registered_history, train_loop_per_worker

@@ -25,7 +25,7 @@ import torch
 from pipeline.core.distributed import first_message
 from pipeline.core.errors import PipelineError
 from pipeline.core.storage import filesystem, join
-from pipeline.data.shards import load_split
+from pipeline.data.load import load_split
 from pipeline.models.base import GenerativeModel
 from pipeline.models.registry import build_model, side_input
 from pipeline.params import params_from_dict
