@@ -45,9 +45,9 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     permutation and binarization noise and steps on its `batch` rows of each global batch
     (torch's DistributedSampler contract), so `world` DDP ranks see exactly the images one
     process sees at the same global batch. `side` (N, ...), the kind's side_input on the
-    same device, gives forward each batch's rows of it. `model` may be the DDP wrapper of `raw`. Returns
-    the mean of every loss part over steps (and over ranks under DDP), read from the device
-    once.
+    same device, gives forward each batch's rows of it. `model` may be the DDP wrapper of
+    `raw`. Returns the mean of every loss part over steps (and over ranks under DDP), read
+    from the device once.
 
     A non-finite loss is caught within CHECK_EVERY steps and reported with the epoch and
     step where it first appeared (the steps after it only waste a little time: the run

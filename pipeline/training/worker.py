@@ -1,4 +1,4 @@
-"""The Ray Train per-worker loop: read this rank's shards, train (with label-free
+"""The Ray Train per-worker loop: read the training shards, train (with label-free
 restarts if asked), report every epoch with a checkpoint, resume from the last one.
 
 Each worker reads the whole training split, every shard (no Ray Data: MNIST fits in
@@ -116,7 +116,7 @@ def _train(config: dict) -> None:
     try:
         pixels = torch.from_numpy(load_split(shard_dir, "train").pixels.copy()).to(device)
         problem = ""
-    except PipelineError as e:  # a corrupt shard may be one rank's only: agree before DDP
+    except PipelineError as e:  # a corrupt shard (or one rank's bad read): agree before DDP
         pixels, problem = None, str(e)
     problem = first_message(problem)
     if problem:
