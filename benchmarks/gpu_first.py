@@ -99,8 +99,7 @@ def repeatability(params, pixels: torch.Tensor, steps: int, device: torch.device
                                     device=device))
             seconds.append(time.perf_counter() - t)
     finally:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
+        set_deterministic(False)
     return {"deterministic": deterministic, "identical": runs[0] == runs[1],
             "images_per_s": steps * params.train.batch_size / min(seconds)}
 

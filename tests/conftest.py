@@ -21,9 +21,11 @@ def model_cfg(**flat):
     """A ModelConfig from the flat keyword names of format-2 configs (experts=3,
     manager_input="grey", ...), converted by the same upgrade that loads old model files."""
     from pipeline.core.schema import build
-    from pipeline.models.checkpoint import upgrade_v2
+    from pipeline.models.checkpoint import V2_KEYS, upgrade_v2
     from pipeline.models.registry import ModelConfig
 
+    unknown = sorted(set(flat) - set(V2_KEYS) - {"kind"})
+    assert not unknown, f"model_cfg: {unknown} are not format-2 names; use registry.model_config"
     return build(ModelConfig, upgrade_v2({"kind": "moe_vae", **flat}), "model")
 
 

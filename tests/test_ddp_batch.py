@@ -1,7 +1,8 @@
 """DDP at a fixed global batch: two gloo ranks running the train stage's own epoch
 (loop.train_epoch, fused Adam) with 20 images each end with the weights one process
 reaches with 40, for every kind whose loss is a per-image mean plus batch terms that
-DDP all-reduces (the balancing and IMSAT marginal-entropy terms); and the lr rule of
+DDP all-reduces (the balancing and IMSAT marginal-entropy terms), also where a fixed
+manager leaves parameters unused (manager_epochs); and the lr rule of
 train.batch_scope: worker."""
 import os
 
@@ -21,6 +22,9 @@ MODELS = {
     "gmm_vae": {"kind": "gmm_vae", "gmm_vae": {"components": 3}},
     "moe_vae": {"kind": "moe_vae", "moe_vae": {"experts": 3, "balancing_weight": 1.0, "manager": {
         "encoder": "mlp", "entropy_weight": 1, "marginal_entropy_weight": 4}}},
+    # top-1 routing, and from epoch 2 a fixed manager whose parameters get no gradient
+    "moe_vae_fixed": {"kind": "moe_vae", "moe_vae": {"experts": 3, "top_k": 1, "manager_epochs": 1,
+                                                     "manager": {"encoder": "mlp", "entropy_weight": 1}}},
 }
 GLOBAL, STEPS, EPOCHS = 40, 5, 2
 
@@ -34,7 +38,8 @@ def _model(kind: str) -> nn.Module:
 def _train(kind: str, pixels: torch.Tensor, rank: int, world: int):
     """Weights and per-epoch loss parts after EPOCHS epochs of train_epoch at GLOBAL images a step."""
     raw = _model(kind)
-    model = nn.parallel.DistributedDataParallel(raw) if world > 1 else raw
+    ddp = nn.parallel.DistributedDataParallel
+    model = ddp(raw, find_unused_parameters=raw.skips_parameters) if world > 1 else raw  # as worker.py
     opt = make_optimizer(raw, 3e-3)
     # Reparameterisation noise is each rank's own draw (it must be: independent samples);
     # zeroed here on both sides, what is compared is the rest: the same images and

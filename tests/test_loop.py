@@ -107,7 +107,8 @@ def test_deterministic_mode_keeps_the_cpu_numbers_bit_for_bit(monkeypatch):
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         after = run()
     finally:
-        torch.use_deterministic_algorithms(False)
+        loop.set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
     assert after[0] == before[0]
     assert all(torch.equal(after[1][k], v) for k, v in before[1].items())
 

@@ -4,15 +4,15 @@ import math
 import pytest
 import torch
 
-from pipeline.models.registry import build_model
+from pipeline.models.registry import build_model, model_config
 from pipeline.models.blocks import BatchedMLP
 from pipeline.models.manager import (ManagerMLP, conditional_entropy, knn_radius, marginal_entropy,
                                      random_affine, vat_loss)
 from tests.conftest import model_cfg
 
-IMSAT = dict(manager_hidden=[16, 16], manager_activation="relu", manager_batchnorm=True,
-             entropy_weight=1.0, marginal_entropy_weight=4.0, consistency_weight=1.0,
-             augment_weight=2.0)
+MANAGER = dict(hidden=[16, 16], activation="relu", batchnorm=True, entropy_weight=1.0,
+               marginal_entropy_weight=4.0, consistency_weight=1.0, augment_weight=2.0)
+IMSAT = {k if k.endswith("weight") else f"manager_{k}": v for k, v in MANAGER.items()}  # format-2 names
 
 
 def small(**kw):
@@ -125,6 +125,43 @@ def test_manager_warmup_detaches_the_expert_loss_from_the_manager():
 
     assert manager_grad(0) == 0  # warm-up: experts train under the manager's choice
     assert manager_grad(1) > 0  # afterwards the expert losses shape the choice too
+
+
+def test_after_manager_epochs_the_manager_stays_fixed_and_only_the_experts_train():
+    """manager_epochs: 1 — in epoch 2 the manager (weights and batch-norm statistics) does
+    not move although Adam holds momentum for it, its terms are not even computed, and
+    the experts go on training under its choices; scoring (eval) still sees every term."""
+    from pipeline.training.loop import make_optimizer
+
+    torch.manual_seed(0)
+    spec = {f"moe_vae.manager.{k}": v for k, v in MANAGER.items()}
+    model = build_model(model_config({**spec, "moe_vae.experts": 3, "moe_vae.manager_epochs": 1,
+                                      "net.latent_dim": 4, "net.hidden": 32}))
+    opt = make_optimizer(model, 1e-2)
+    x = (torch.rand(16, 784) < 0.3).float()
+
+    def step(epoch):
+        model.set_epoch(epoch)
+        model.train()
+        parts = model(x)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        return parts
+
+    def copy(module):
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+    assert "consistency" in step(0) and model.manager.training
+    manager, experts = copy(model.manager), copy(model.encoders)
+    parts = step(1)
+    assert set(parts) == {"loss", "expected_expert_loss", "balancing_loss", "kl"}
+    assert torch.equal(parts["loss"], parts["expected_expert_loss"])
+    assert model.training and not model.manager.training  # batch norm: running statistics kept
+    assert all(torch.equal(v, manager[k]) for k, v in model.manager.state_dict().items())
+    assert all(p.grad is None for p in model.manager.parameters())
+    assert any(not torch.equal(v, experts[k]) for k, v in model.encoders.state_dict().items())
+    assert "consistency" in model.eval()(x)
 
 
 def test_imsat_loss_can_be_scored_without_grad():

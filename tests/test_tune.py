@@ -227,17 +227,43 @@ def test_a_sweep_over_the_hierarchical_kinds_sub_experts_and_second_level_weight
         ray_session, tiny_shards, tmp_path):
     from pipeline.sweep.run import run_sweep
 
+    manager = {"consistency_weight": 1.0, "consistency_radius": "knn", "consistency_knn": 3}
     params = params_from_dict({
-        "model": {"kind": "hmoe_vae", "hmoe_vae": {"experts": 2}, "net": {"latent_dim": 2, "hidden": 16}},
+        "model": {"kind": "hmoe_vae", "hmoe_vae": {"experts": 2, "manager": manager},
+                  "net": {"latent_dim": 2, "hidden": 16}},
         "train": {"batch_size": 50, "lr": 3e-3, "storage_path": str(tmp_path / "ray_results")},
         "tune": {"space": HMOE_SPACE, "search": "random", "scheduler": "fifo", "epochs": 1, "val_rows": 100,
                  "val_iw_samples": 4, "max_concurrent_trials": 1, "num_samples": 2, "grace_period": 1},
     })
-    report(run_sweep(params, tiny_shards), params, tmp_path)
+    lines = []
+    report(run_sweep(params, tiny_shards, log=lines.append), params, tmp_path)
     table = pd.read_csv(tmp_path / "sweep/table.csv")
     assert len(table) == 2 and set(table.status) == {"finished"}
+    assert sum("side input ('knn_radius', 3)" in line for line in lines) == 1  # once, not per trial
     assert table["model.hmoe_vae.sub_balancing_weight"].between(0.1, 10.0).all()
     assert set(table["model.hmoe_vae.sub_experts"]) <= {1, 2} and table.final_cluster_accuracy.notna().all()
+
+
+def test_a_trial_reuses_the_sweeps_side_input_only_where_its_key_is_the_same():
+    """The knn radii are made once per sweep (a minute of CPU for MNIST), not once per
+    trial; a trial that sweeps what they depend on makes its own."""
+    from pipeline.models.registry import side_input, side_key
+    from pipeline.sweep.run import TrialSetup, trial_side
+
+    def params(**manager):
+        return params_from_dict({"model": {"moe_vae": {"manager": {
+            "consistency_weight": 1.0, "consistency_radius": "knn", **manager}}}})
+
+    pixels = torch.randint(0, 256, (40, 784), dtype=torch.uint8)
+    base = params(consistency_knn=3)
+    made = side_input(base.model, pixels)
+    setup = TrialSetup(base={}, shard_dir="", epochs=1, val_rows=0, val_iw_samples=1, threads=1,
+                       use_gpu=False, side_key=side_key(base.model), side=made)
+    assert trial_side(base, setup, pixels) is made
+    other = trial_side(params(consistency_knn=5), setup, pixels)
+    assert other.shape == made.shape and not torch.equal(other, made)
+    assert torch.equal(other, side_input(params(consistency_knn=5).model, pixels))
+    assert trial_side(params(consistency_radius="fixed"), setup, pixels) is None
 
 
 def test_the_second_level_is_checked_before_a_sweep():

@@ -20,6 +20,7 @@ class GenerativeModel(nn.Module):
     `cfg.likelihood` are shared by every kind, `self.spec` is this kind's own block."""
 
     has_clusters = False  # True: cluster_probs gives a cluster variable (restarts, evaluation)
+    skips_parameters = False  # True: some epochs leave parameters without a gradient (DDP looks)
 
     def __init__(self, cfg: Any, n_pixels: int = 784):
         super().__init__()
@@ -40,6 +41,12 @@ class GenerativeModel(nn.Module):
         """(N, ...) per-image data that training passes to forward beside each batch, made
         once from the (N, D) uint8 training pixels, label-free (the MoE-VAE: each image's
         VAT radius); None (the default): forward(x) alone."""
+        return None
+
+    @classmethod
+    def side_key(cls, cfg: Any) -> Optional[tuple]:
+        """What side_input depends on besides the pixels: configs with equal keys get equal
+        side inputs, so a sweep computes it once for all of them. None: not shared."""
         return None
 
     def prepare(self, grey: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -69,6 +69,12 @@ def side_input(cfg, pixels):
     return KINDS[cfg.kind].model.side_input(cfg, pixels)
 
 
+def side_key(cfg):
+    """What the kind's side input depends on besides the pixels, or None
+    (GenerativeModel.side_key): equal keys, equal side inputs."""
+    return KINDS[cfg.kind].model.side_key(cfg)
+
+
 def model_config(overrides: Dict[str, object] = None) -> "ModelConfig":
     """A validated ModelConfig from dotted keys relative to `model`, e.g.
     {"kind": "vae", "net.hidden": 32}: for tests, benchmarks and notebooks."""

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from pipeline.core.schema import apply_overrides, to_dict
 from pipeline.data.load import load_split, read_manifest
 from pipeline.evaluation.likelihood import iw_log_likelihood
 from pipeline.evaluation.metrics import cluster_scores, prepare_test
-from pipeline.models.registry import build_model, side_input
+from pipeline.models.registry import build_model, side_input, side_key
 from pipeline.params import Params, params_from_dict
 from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS, param_space, trial_count
 from pipeline.training.loop import (NonFiniteLossError, compiled, load_state, make_optimizer,
@@ -57,6 +57,8 @@ class TrialSetup:
     val_iw_samples: int
     threads: int
     use_gpu: bool
+    side_key: Optional[tuple] = None  # the base params' side input, made once for every
+    side: Optional[torch.Tensor] = None  # trial whose side_key is the same (CPU, (N_train, ...))
 
 
 @torch.no_grad()
@@ -90,6 +92,14 @@ def trial_params(base: dict, overrides: Dict[str, Any]) -> Params:
     return params_from_dict(raw)
 
 
+def trial_side(params: Params, setup: TrialSetup, pixels: torch.Tensor) -> Optional[torch.Tensor]:
+    """The trial's side input on pixels' device: run_sweep's, made once, where the trial's
+    side_key is the base params' (a swept lr or weight), else the trial's own."""
+    if setup.side_key is not None and side_key(params.model) == setup.side_key:
+        return setup.side.to(pixels.device)
+    return side_input(params.model, pixels)
+
+
 def run_trial(config: dict, setup: TrialSetup) -> None:
     """Tune function: train one configuration for `setup.epochs`, reporting each epoch."""
     from ray import tune
@@ -110,7 +120,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     opt = make_optimizer(model, tcfg.lr)
     step = compiled(model, tcfg.compile)
     x_val = prepare_test(model, data.pixels[n_train:], params.evaluate.seed).to(device)
-    side = side_input(params.model, pixels)  # e.g. each image's VAT radius (knn), label-free
+    side = trial_side(params, setup, pixels)  # e.g. each image's VAT radius (knn), label-free
     labels_val = data.labels[n_train:]
     start = 0
     ckpt = tune.get_checkpoint()
@@ -193,9 +203,16 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
     if epochs < cfg.grace_period:
         raise ConfigError(f"params.yaml: tune.grace_period={cfg.grace_period} exceeds the "
                           f"{epochs} epochs per trial; lower it or raise tune.epochs")
+    key, side = side_key(params.model), None
+    if key is not None:  # the base params' side input, once instead of once per trial
+        t0 = time.perf_counter()
+        pixels = torch.from_numpy(load_split(shard_dir, "train").pixels[:n - cfg.val_rows].copy())
+        side = side_input(params.model, pixels)
+        log(f"tune: side input {key} for every trial that shares it: {time.perf_counter() - t0:.0f}s")
     setup = TrialSetup(base=to_dict(params), shard_dir=str(shard_dir), epochs=epochs,
                        val_rows=cfg.val_rows, val_iw_samples=cfg.val_iw_samples,
-                       threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0)
+                       threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0,
+                       side_key=key, side=side)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     total = trial_count(cfg.space, cfg.search, cfg.num_samples)

@@ -68,7 +68,7 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     for step in range(steps):
         idx = order[step * whole:(step + 1) * whole]  # (batch x world,) the global batch
         x = raw.prepare(pixels[idx].float().div_(255), generator=noise)[mine].to(device)
-        parts = model(x) if side is None else model(x, side[idx][mine])
+        parts = model(x) if side is None else model(x, side[idx[mine]])
         loss = parts["loss"]
         new = ~torch.isfinite(loss.detach()) & (first_bad == steps)
         first_bad = torch.where(new, step, first_bad)
@@ -137,11 +137,12 @@ def describe_environment(device: torch.device, threads: int) -> Dict[str, str]:
 def set_deterministic(on: bool) -> None:
     """train.deterministic: deterministic kernels, so a GPU run repeats bit for bit (an op
     without such a kernel raises, naming itself). Call before the process's first CUDA
-    matmul: cuBLAS reads CUBLAS_WORKSPACE_CONFIG once. CPU kernels are deterministic already."""
+    matmul: cuBLAS reads CUBLAS_WORKSPACE_CONFIG once. CPU kernels are deterministic already.
+    False restores torch's defaults (the workspace setting stays: it costs nothing)."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = on, False
 
 
 def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:

@@ -132,7 +132,10 @@ def _train(config: dict) -> None:
         torch.manual_seed(seed)  # identical initial weights on every rank
         raw = build_model(params.model).to(device)
         opt = make_optimizer(raw, tcfg.scaled_lr)
-        model = ray.train.torch.prepare_model(raw) if world > 1 else raw
+        # a model that leaves parameters without a gradient in some epochs (a manager fixed
+        # after model.moe_vae.manager_epochs) needs DDP to look for them at each step
+        ddp = {"find_unused_parameters": True} if raw.skips_parameters else None
+        model = ray.train.torch.prepare_model(raw, parallel_strategy_kwargs=ddp) if world > 1 else raw
         return Run(raw, compiled(model, tcfg.compile), opt, seed)
 
     def train(run: Run, epoch: int, label: str = "") -> None:

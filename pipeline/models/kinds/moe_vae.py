@@ -11,6 +11,10 @@ over every DDP rank's batch) keeps the manager from collapsing onto one expert. 
 experts run in batched matmuls (or grouped convolutions with model.net.encoder: conv); see
 benchmarks/moe_step.py for the speed-up over a loop.
 
+With model.moe_vae.manager_epochs: N the manager trains N epochs; then it stays fixed (eval
+mode, no gradient, its terms not computed) while the experts go on under its choices: with
+top_k: 1 a later epoch costs about one expert per image, so big experts can train long.
+
 With model.moe_vae.manager.input: grey the manager (and its IMSAT terms) reads the grey image
 while the experts model its binarization: x is then (B, 2, D) = (binarized, grey).
 """
@@ -40,6 +44,8 @@ class MoEVAEConfig:
     balancing_weight: float = param(0.1, "lambda in front of Var_k(sum_batch p(k|x))")
     top_k: Optional[int] = param(None, "null: every expert sees every image; k: each image's top-k only")
     warmup_epochs: int = param(0, "first N epochs: expert losses send no gradient to the manager")
+    manager_epochs: Optional[int] = param(None, "null: the manager trains every epoch | N: only the "
+                                                "first N, then it stays fixed while the experts go on")
     manager: ManagerConfig = param(factory=ManagerConfig, doc="the manager network and its terms")
 
     def __post_init__(self):
@@ -50,6 +56,8 @@ class MoEVAEConfig:
               self.top_k, f"use null (dense) or an integer in 1..{self.experts} (experts)")
         check(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "warmup_epochs",
               self.warmup_epochs, "use an integer >= 0 (0: no warm-up)")
+        check(self.manager_epochs is None or positive_int(self.manager_epochs), "manager_epochs",
+              self.manager_epochs, "use null (the manager trains every epoch) or an integer >= 1")
 
 
 class MoEVAE(GenerativeModel):
@@ -68,12 +76,32 @@ class MoEVAE(GenerativeModel):
         # a bool, not the epoch, is what forward reads: torch.compile (train.compile) guards
         # on it, so a compiled step recompiles when the warm-up ends, not every epoch
         self.warming_up = epoch < getattr(self.spec, "warmup_epochs", 0)  # hmoe_vae: none
+        last = getattr(self.spec, "manager_epochs", None)
+        self.manager_fixed = last is not None and epoch >= last
+
+    @property
+    def skips_parameters(self) -> bool:
+        """manager_epochs: the fixed manager's parameters get no gradient, so DDP must
+        look for unused parameters each step."""
+        return getattr(self.spec, "manager_epochs", None) is not None
+
+    def train(self, mode: bool = True):
+        """A fixed manager stays in eval mode (batch norm statistics frozen too)."""
+        super().train(mode)
+        if mode and getattr(self, "manager_fixed", False):
+            self.manager.eval()
+        return self
 
     @classmethod
     def side_input(cls, cfg, pixels: torch.Tensor) -> Optional[torch.Tensor]:
         """Each training image's VAT radius scale with consistency_radius: knn (hmoe_vae too)."""
         manager = cfg.spec.manager
         return knn_radius(pixels, manager.consistency_knn) if wants_radius(manager) else None
+
+    @classmethod
+    def side_key(cls, cfg) -> Optional[tuple]:
+        manager = cfg.spec.manager
+        return ("knn_radius", manager.consistency_knn) if wants_radius(manager) else None
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -124,7 +152,9 @@ class MoEVAE(GenerativeModel):
 
     def forward(self, x: torch.Tensor, radius: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         x, x_manager = self.views(x)
-        logits = self.manager_logits(x_manager)  # (B, K)
+        fixed = self.training and self.manager_fixed  # after manager_epochs: experts only
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not fixed):
+            logits = self.manager_logits(x_manager)  # (B, K)
         probs = F.softmax(logits, dim=-1)
         # warm-up: the expert losses send no gradient to the manager (it learns from its own terms)
         warmup = self.training and self.warming_up
@@ -137,6 +167,9 @@ class MoEVAE(GenerativeModel):
             expected = (weights * expert_loss.t()).sum(1).mean()
             kl = (weights * kl_kb.t()).sum(1).mean()
         balancing = balancing_loss(probs)
+        if fixed:  # the manager's terms could not change it any more: not computed, not added
+            return {"loss": expected, "expected_expert_loss": expected, "balancing_loss": balancing,
+                    "kl": kl}
         extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs, radius)
         return {
             "loss": expected + self.spec.balancing_weight * balancing + extra.get("manager_loss", 0.0),
