@@ -14,7 +14,7 @@ from pipeline.core.distributed import sum_over_ranks
 
 from pipeline.models.kinds.hmoe_vae import sub_balancing_loss
 from pipeline.models.manager import balancing_loss
-from pipeline.models.manager import conditional_entropy, marginal_entropy
+from pipeline.models.manager import conditional_entropy, knn_radius, marginal_entropy
 
 
 def terms(logits: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def terms(logits: torch.Tensor) -> torch.Tensor:
             + 0.5 * second)
 
 
-def _rank(rank: int, world: int, port: int, x, state, out: str) -> None:
+def _rank(rank: int, world: int, port: int, x, state, out: str, pixels=None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -37,8 +37,9 @@ def _rank(rank: int, world: int, port: int, x, state, out: str) -> None:
         loss.backward()  # DDP averages the gradients over ranks
         mine = torch.tensor([1.0, rank], dtype=torch.float64)
         total = sum_over_ranks(mine)  # the bookkeeping sum: a new tensor, the input untouched
-        torch.save({"loss": loss.detach(), "grad": net.weight.grad, "total": total, "mine": mine},
-                   f"{out}.{rank}")
+        radius = knn_radius(pixels, 3, chunk=4) if pixels is not None else None  # rows split by rank
+        torch.save({"loss": loss.detach(), "grad": net.weight.grad, "total": total, "mine": mine,
+                    "radius": radius}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -56,9 +57,12 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
     single = terms(net(x))
     single.backward()
     out = str(tmp_path / "rank")
-    mp.spawn(_rank, args=(2, free_port(), x, net.state_dict(), out), nprocs=2)
+    pixels = torch.randint(0, 256, (13, 784), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    mp.spawn(_rank, args=(2, free_port(), x, net.state_dict(), out, pixels), nprocs=2)
     for r in range(2):
         got = torch.load(f"{out}.{r}", weights_only=True)
+        # the knn radii: each rank made 7 or 6 of the 13 rows, every rank has all of them
+        assert torch.allclose(got["radius"], knn_radius(pixels, 3, chunk=4), rtol=1e-5)  # GEMM blocks differ
         # each rank's loss has the global terms exactly and half the per-image mean
         assert torch.allclose(got["grad"], net.weight.grad, atol=1e-6)
         assert got["total"].tolist() == [2.0, 1.0] and got["mine"].tolist() == [1.0, r]
