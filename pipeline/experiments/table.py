@@ -47,13 +47,17 @@ def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str,
                kinds: Dict[str, Tuple[str, str]]) -> List[Dict]:
     """One row per preset of `cfg`, aggregated over cfg.seeds (sample std, n - 1: with 3
     seeds the population std would understate the spread by a fifth). `kinds` maps each
-    preset to its (model.kind, model.likelihood.name)."""
+    preset to its (model.kind, model.likelihood.name). A preset with some of its seeds not
+    run yet (`dvc repro -s` of single runs, then the table) gets a row over the runs it
+    has, marked "n=2 of 3"; one with none is an error."""
     rows = []
     for preset in cfg.presets:
         description, _ = load_preset(Path(cfg.presets_dir) / f"{preset}.yaml")
+        done = [s for s in cfg.seeds if all((run_dir(runs_dir, preset, s) / part / "metrics.json").exists()
+                                            for part in ("train", "evaluate"))]
         runs = [read_run_metrics(run_dir(runs_dir, preset, s), f"run `dvc repro {set_name}/dvc.yaml` "
                                  f"(it trains and evaluates every preset for every seed first)")
-                for s in cfg.seeds]
+                for s in done or cfg.seeds[:1]]
         train, evaluate = [r["train"] for r in runs], [r["evaluate"] for r in runs]
         acc = [e["cluster_accuracy"] for e in evaluate]
         nll = [-e["test_log_likelihood"] for e in evaluate]
@@ -67,6 +71,7 @@ def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str,
             "epochs": train[0]["epochs"],
             "train_minutes": float(np.mean([t["train_seconds"] for t in train]) / 60),
             "hardware": "; ".join(dict.fromkeys(t.get("hardware", "unknown") for t in train)),
+            "of_seeds": len(cfg.seeds),
         })
     return rows
 
@@ -78,7 +83,8 @@ def markdown(rows: List[Dict]) -> str:
     for r in rows:
         acc = f"{r['cluster_accuracy_mean']:.4f} ± {r['cluster_accuracy_std']:.4f}"
         nll = f"{r['nll_mean']:.2f} ± {r['nll_std']:.2f}"
-        lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={r['seeds']}) | "
+        n = r["seeds"] if r.get("of_seeds", r["seeds"]) == r["seeds"] else f"{r['seeds']} of {r['of_seeds']}"
+        lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={n}) | "
                      f"{r['nmi_mean']:.4f} | {nll} | {r['likelihood']} ({r['ll_images']} images × "
                      f"{r['iw_samples']} samples) | {r['epochs']} | {r['train_minutes']:.1f} | "
                      f"{r['hardware']} |")
