@@ -53,11 +53,16 @@ def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str,
     rows = []
     for preset in cfg.presets:
         description, _ = load_preset(Path(cfg.presets_dir) / f"{preset}.yaml")
-        done = [s for s in cfg.seeds if all((run_dir(runs_dir, preset, s) / part / "metrics.json").exists()
-                                            for part in ("train", "evaluate"))]
-        runs = [read_run_metrics(run_dir(runs_dir, preset, s), f"run `dvc repro {set_name}/dvc.yaml` "
-                                 f"(it trains and evaluates every preset for every seed first)")
-                for s in done or cfg.seeds[:1]]
+        runs, missing = [], []
+        for s in cfg.seeds:
+            try:
+                runs.append(read_run_metrics(run_dir(runs_dir, preset, s), f"run `dvc repro {set_name}/"
+                                             f"dvc.yaml` (it trains and evaluates every preset for every "
+                                             f"seed first)"))
+            except DataError as e:  # a seed not run yet: the row is over the others
+                missing.append(e)
+        if not runs:
+            raise missing[0]
         train, evaluate = [r["train"] for r in runs], [r["evaluate"] for r in runs]
         acc = [e["cluster_accuracy"] for e in evaluate]
         nll = [-e["test_log_likelihood"] for e in evaluate]
@@ -83,7 +88,7 @@ def markdown(rows: List[Dict]) -> str:
     for r in rows:
         acc = f"{r['cluster_accuracy_mean']:.4f} ± {r['cluster_accuracy_std']:.4f}"
         nll = f"{r['nll_mean']:.2f} ± {r['nll_std']:.2f}"
-        n = r["seeds"] if r.get("of_seeds", r["seeds"]) == r["seeds"] else f"{r['seeds']} of {r['of_seeds']}"
+        n = r["seeds"] if r["of_seeds"] == r["seeds"] else f"{r['seeds']} of {r['of_seeds']}"
         lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={n}) | "
                      f"{r['nmi_mean']:.4f} | {nll} | {r['likelihood']} ({r['ll_images']} images × "
                      f"{r['iw_samples']} samples) | {r['epochs']} | {r['train_minutes']:.1f} | "
