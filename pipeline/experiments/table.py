@@ -81,13 +81,18 @@ def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str,
     return rows
 
 
+def mean_std(mean: float, std: float, n: int, digits: int) -> str:
+    """'0.9700 ± 0.0040'; one run has no spread to show, so just '0.9700'."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
 def markdown(rows: List[Dict]) -> str:
     head = ("| preset | kind | recipe | cluster accuracy (mean ± std) | NMI | NLL, nats (mean ± std) "
             "| likelihood | epochs | train min / seed | hardware |")
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
-        acc = f"{r['cluster_accuracy_mean']:.4f} ± {r['cluster_accuracy_std']:.4f}"
-        nll = f"{r['nll_mean']:.2f} ± {r['nll_std']:.2f}"
+        acc = mean_std(r["cluster_accuracy_mean"], r["cluster_accuracy_std"], r["seeds"], 4)
+        nll = mean_std(r["nll_mean"], r["nll_std"], r["seeds"], 2)
         n = r["seeds"] if r["of_seeds"] == r["seeds"] else f"{r['seeds']} of {r['of_seeds']}"
         lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={n}) | "
                      f"{r['nmi_mean']:.4f} | {nll} | {r['likelihood']} ({r['ll_images']} images × "
