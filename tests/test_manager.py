@@ -6,8 +6,8 @@ import torch
 
 from pipeline.models.registry import build_model, model_config
 from pipeline.models.blocks import BatchedMLP
-from pipeline.models.manager import (ManagerMLP, conditional_entropy, knn_radius, marginal_entropy,
-                                     random_affine, vat_loss)
+from pipeline.models.manager import (Deskew, ManagerConfig, ManagerMLP, conditional_entropy, knn_radius,
+                                     manager_terms, marginal_entropy, random_affine, vat_loss)
 from tests.conftest import model_cfg
 
 MANAGER = dict(hidden=[16, 16], activation="relu", batchnorm=True, entropy_weight=1.0,
@@ -109,6 +109,84 @@ def test_random_affine_moves_a_digit_a_little_and_keeps_its_ink():
     assert ((ink > 0.75) & (ink < 1.3)).all()  # scale within +-10% -> area within ~+-20%
     assert warped[:, :3].sum() == 0 and warped[:, -3:].sum() == 0  # shift <= 2 px, rotation 12 deg
     assert not torch.allclose(warped[0], warped[1])  # one draw per image
+
+
+def _slant(img: torch.Tensor) -> torch.Tensor:
+    """(N, 28, 28) -> (N,) d(column centroid) / d(row) over the inked rows: a bar's slant."""
+    cols = torch.arange(28.0)
+    ink = img.sum(2)  # (N, 28) ink per row
+    centre = (img * cols).sum(2) / ink.clamp_min(1e-6)  # (N, 28)
+    out = []
+    for c, w in zip(centre, ink):
+        rows = torch.nonzero(w > 0.5).flatten().float()
+        cs = c[rows.long()]
+        out.append(((rows - rows.mean()) * (cs - cs.mean())).sum() / ((rows - rows.mean()) ** 2).sum())
+    return torch.stack(out)
+
+
+def test_warp_shear_slants_an_upright_bar_within_its_range():
+    torch.manual_seed(0)
+    img = torch.zeros(256, 28, 28)
+    img[:, 6:22, 13:15] = 1.0
+    flat = img.view(256, -1)
+    upright = _slant(random_affine(flat, rotate=0).view(256, 28, 28)).abs()
+    slanted = _slant(random_affine(flat, rotate=0, shear=0.3).view(256, 28, 28)).abs()
+    assert upright.max() < 0.05  # no rotation, no shear: scale and shift keep a bar upright
+    assert 0.2 < slanted.max() < 0.36 and slanted.median() > 0.05  # |s| up to 0.3 (/ scale)
+
+
+def test_warp_stroke_thickens_and_thins_and_breaks_a_choice_by_thickness():
+    """stroke 1: ink ranges from an erosion (a 4-px bar -> 2 px) to a dilation (-> 6 px);
+    so a manager that tells bars apart by thickness pays R_aug, and one without it does not."""
+    torch.manual_seed(0)
+    img = torch.zeros(256, 28, 28)
+    img[:, 6:22, 12:16] = 1.0
+    flat = img.view(256, -1)
+    ink = random_affine(flat, rotate=0, stroke=1.0).sum(1) / flat.sum(1)
+    assert ink.min() < 0.65 and ink.max() > 1.4
+    assert (random_affine(flat, rotate=0).sum(1) / flat.sum(1)).max() < 1.3
+
+    def by_ink(x):  # logits (B, 2): "thick" when the ink exceeds that of the 4-px bar by 20 %
+        return torch.stack([(x.sum(1) - 64 * 1.2) * 0.5, torch.zeros(len(x))], 1)
+
+    target = torch.log_softmax(by_ink(flat), -1)
+    kl = {}
+    for stroke in (0.0, 1.0):
+        torch.manual_seed(1)
+        cfg = ManagerConfig(augment_weight=1.0, augment_rotate=0, augment_stroke=stroke)
+        kl[stroke] = manager_terms(cfg, by_ink, flat, by_ink(flat), target.exp())["augment_consistency"]
+    assert kl[1.0] > 5 * kl[0.0] + 0.05
+
+
+def test_deskew_stands_slanted_bars_upright_and_centres_them():
+    torch.manual_seed(0)
+    img = torch.zeros(256, 28, 28)
+    img[:, 6:22, 13:15] = 1.0
+    slanted = random_affine(img.view(256, -1), rotate=0, shear=0.3)  # shifted by up to 2 px too
+    before = _slant(slanted.view(256, 28, 28)).abs()
+    x = slanted.clone().requires_grad_()
+    out = Deskew()(x)
+    after = out.detach().view(256, 28, 28)
+    assert before.max() > 0.2 and _slant(after).abs().max() < 0.03
+    assert torch.allclose(after.sum((1, 2)), slanted.sum(1), rtol=0.05)  # the ink stays
+    cols = (after.sum(1) * torch.arange(28.0)).sum(1) / after.sum((1, 2))
+    assert (cols - 13.5).abs().max() < 0.3  # centred on the centre of mass
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0  # VAT's gradient passes through
+
+
+def test_deskew_param_puts_deskew_in_front_of_the_manager_network():
+    model = build_model(model_config({"moe_vae.experts": 3, "net.latent_dim": 4, "net.hidden": 32,
+                                      "moe_vae.manager.deskew": True}))
+    assert isinstance(model.manager[0], Deskew)
+    assert model(torch.rand(8, 784))["loss"].isfinite()
+
+
+@pytest.mark.parametrize("key, value", [("augment_shear", -0.1), ("augment_stroke", 1.5),
+                                        ("augment_rotate", float("nan"))])
+def test_warp_params_reject_bad_values(key, value):
+    with pytest.raises(ValueError, match=key):
+        ManagerConfig(**{key: value})
 
 
 def test_manager_warmup_detaches_the_expert_loss_from_the_manager():

@@ -7,7 +7,8 @@
               r_b = eps_b * g_b / |g_b|,  g = grad_d KL(p(.|x) || p(.|x + xi d)),  d ~ N(0, I)
               eps_b = eps, or eps * d_k(x_b) / median_b' d_k(x_b') with consistency_radius: knn
               (d_k: distance to the k-th nearest training image, IMSAT's adaptive radius)
-    R_aug   = mean_b KL(p(.|x_b) || p(.|A_b x_b))     A_b a random small affine warp
+    R_aug   = mean_b KL(p(.|x_b) || p(.|A_b x_b))     A_b a random small warp: rotation, scale,
+              shift, and optionally slant (augment_shear) and stroke width (augment_stroke)
     manager_loss = entropy_weight * H(Y|X) - marginal_entropy_weight * H(Y)
                    + consistency_weight * R_sat + augment_weight * R_aug
 
@@ -19,7 +20,7 @@ manager (one hidden layer, no extra terms) stays one param file away.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -33,8 +34,9 @@ from pipeline.core.schema import param
 from pipeline.models.blocks import ACTIVATION_MODULES, ConvEncoder, NetConfig, encoder, mlp
 
 VAT_XI = 10.0  # finite-difference step of the power iteration (IMSAT's value, L2 on [0,1] pixels)
-# R_aug's warp: rotation, isotropic scale and shift drawn uniformly per image, within
-AUG_ROTATE_DEG, AUG_SCALE, AUG_SHIFT_PX = 12.0, 0.1, 2.0
+# R_aug's warp: isotropic scale and shift drawn uniformly per image, within (rotation,
+# slant and stroke width: the augment_* params)
+AUG_SCALE, AUG_SHIFT_PX = 0.1, 2.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,15 @@ class ManagerConfig:
                                              "knn: scaled per image by its distance to its k-th "
                                              "nearest training image over the median one (IMSAT)")
     consistency_knn: int = param(10, "k of consistency_radius: knn (IMSAT: 10)")
-    augment_weight: float = param(0.0, "weight of KL(p(k|x) || p(k|random affine warp of x))")
+    deskew: bool = param(False, "the network reads each image deskewed: sheared upright by its "
+                                "ink's second moments and centred on its centre of mass")
+    augment_weight: float = param(0.0, "weight of KL(p(k|x) || p(k|random warp of x))")
+    augment_rotate: float = param(12.0, "the warp's rotation, uniform in +-this many degrees")
+    augment_shear: float = param(0.0, "the warp's slant: x' = x + s y, s uniform in +-this "
+                                      "(0: none; 0.3 slants up to about 17 degrees)")
+    augment_stroke: float = param(0.0, "the warp's stroke width: blend t of the image's 3x3 "
+                                       "dilation (t > 0) or erosion (t < 0), t uniform in "
+                                       "+-this, at most 1 (0: none)")
 
     def __post_init__(self):
         widths = self.hidden
@@ -71,6 +81,11 @@ class ManagerConfig:
         for key in ("entropy_weight", "marginal_entropy_weight", "consistency_weight", "augment_weight"):
             value = getattr(self, key)
             check(math.isfinite(value) and value >= 0, key, value, "use a number >= 0")
+        for key in ("augment_rotate", "augment_shear"):
+            value = getattr(self, key)
+            check(math.isfinite(value) and value >= 0, key, value, "use a number >= 0")
+        check(0 <= self.augment_stroke <= 1, "augment_stroke", self.augment_stroke,
+              "use a number in [0, 1] (1: up to a full 3x3 dilation or erosion)")
         check(math.isfinite(self.consistency_eps) and self.consistency_eps > 0, "consistency_eps",
               self.consistency_eps, "use a number > 0")
         check(self.consistency_radius in ("fixed", "knn"), "consistency_radius",
@@ -92,9 +107,41 @@ class ManagerMLP(nn.Module):
         return self.net(x)[None]
 
 
+class Deskew(nn.Module):
+    """(B, side*side) -> (B, side*side): each image sheared so its ink's principal axis is
+    vertical and shifted so its centre of mass is the image centre (the classic MNIST
+    deskew). With pixel coordinates (r, c) centred on the image, m the ink's mean and
+    alpha = cov(r, c) / var(r), output (r, c) samples the input at
+    (r + m_r, c + alpha r + m_c). Differentiable in x (VAT's gradient passes through)."""
+
+    def __init__(self, side: int = 28):
+        super().__init__()
+        self.side = side
+        pos = (torch.arange(side, dtype=torch.float32) - (side - 1) / 2)  # pixel centres
+        self.register_buffer("pos", pos, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n = x.shape[0], self.side
+        img = x.view(b, n, n).clamp_min(0)
+        ink = img.sum((1, 2)).clamp_min(1e-6)  # (B,)
+        p_r, p_c = img.sum(2) / ink[:, None], img.sum(1) / ink[:, None]  # (B, side) marginals
+        m_r, m_c = (p_r * self.pos).sum(1), (p_c * self.pos).sum(1)  # (B,) centre of mass
+        dr, dc = self.pos - m_r[:, None], self.pos - m_c[:, None]  # (B, side)
+        var_r = (p_r * dr ** 2).sum(1).clamp_min(1e-6)
+        cov = (img * dr[:, :, None] * dc[:, None, :]).sum((1, 2)) / ink
+        alpha, half = cov / var_r, n / 2  # affine_grid units: a pixel is 1 / half
+        one, zero = torch.ones_like(alpha), torch.zeros_like(alpha)
+        theta = torch.stack([torch.stack([one, alpha, m_c / half], 1),  # x (column) row
+                             torch.stack([zero, one, m_r / half], 1)], 1)  # (B, 2, 3)
+        grid = F.affine_grid(theta, [b, 1, n, n], align_corners=False)
+        return F.grid_sample(x.view(b, 1, n, n), grid, align_corners=False).view(b, -1)
+
+
 def build_manager(cfg: ManagerConfig, net: NetConfig, experts: int, n_pixels: int) -> nn.Module:
     """(B, D) -> (1, B, K) logits. By default the seeds' manager: the experts' block type
     (net.encoder) with one `net.hidden` layer; the manager.* params change it."""
+    if cfg.deskew:
+        return nn.Sequential(Deskew(), build_manager(replace(cfg, deskew=False), net, experts, n_pixels))
     act = cfg.activation or net.activation
     widths = list(cfg.hidden or [net.hidden])
     if (cfg.encoder or net.encoder) == "conv":  # convs, then an MLP head of widths[0]
@@ -175,17 +222,27 @@ def knn_radius(pixels: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
     return out / out.median().clamp_min(1e-12)
 
 
-def random_affine(x: torch.Tensor, side: int = 28) -> torch.Tensor:
-    """(B, side*side) images, each warped by its own random rotation, scale and shift."""
+def random_affine(x: torch.Tensor, side: int = 28, rotate: float = 12.0, shear: float = 0.0,
+                  stroke: float = 0.0) -> torch.Tensor:
+    """(B, side*side) images, each warped by its own random draw: rotation (+-rotate degrees),
+    scale, shift, and with shear > 0 a slant, with stroke > 0 a thinner or bolder stroke.
+    The sampling grid maps output to input points p = R(angle) [[1, s], [0, 1]] p' / scale + t."""
     b = x.shape[0]
     u = torch.rand(b, 4, device=x.device) * 2 - 1  # (B, 4) in [-1, 1]
-    angle, scale = u[:, 0] * math.radians(AUG_ROTATE_DEG), 1 + u[:, 1] * AUG_SCALE
+    angle, scale = u[:, 0] * math.radians(rotate), 1 + u[:, 1] * AUG_SCALE
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    s = (torch.rand(b, device=x.device) * 2 - 1) * shear if shear > 0 else torch.zeros_like(cos)
     shift = u[:, 2:] * AUG_SHIFT_PX * 2 / side  # pixels -> affine_grid's [-1, 1] units
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # (B, 2, 3)
+    theta = torch.stack([torch.stack([cos, cos * s - sin, shift[:, 0]], 1),
+                         torch.stack([sin, sin * s + cos, shift[:, 1]], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, [b, 1, side, side], align_corners=False)
-    return F.grid_sample(x.view(b, 1, side, side), grid, align_corners=False).view(b, -1)
+    out = F.grid_sample(x.view(b, 1, side, side), grid, align_corners=False)
+    if stroke > 0:  # x + t (dilate(x) - x) for t > 0, x + |t| (erode(x) - x) for t < 0
+        t = ((torch.rand(b, device=x.device) * 2 - 1) * stroke).view(b, 1, 1, 1)
+        dilated = F.max_pool2d(out, 3, stride=1, padding=1)
+        eroded = -F.max_pool2d(-out, 3, stride=1, padding=1)
+        out = out + t.clamp_min(0) * (dilated - out) + (-t).clamp_min(0) * (eroded - out)
+    return out.view(b, -1)
 
 
 def wants_radius(cfg: ManagerConfig) -> bool:
@@ -212,7 +269,9 @@ def manager_terms(cfg: ManagerConfig, f: Callable[[torch.Tensor], torch.Tensor],
         parts["consistency"] = vat_loss(f, x, target, eps)
         total = total + cfg.consistency_weight * parts["consistency"]
     if cfg.augment_weight > 0:
-        parts["augment_consistency"] = _kl_from(target, f(random_affine(x)))
+        warped = random_affine(x, rotate=cfg.augment_rotate, shear=cfg.augment_shear,
+                               stroke=cfg.augment_stroke)
+        parts["augment_consistency"] = _kl_from(target, f(warped))
         total = total + cfg.augment_weight * parts["augment_consistency"]
     if parts:
         parts["manager_loss"] = total
