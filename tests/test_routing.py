@@ -1,4 +1,5 @@
-"""Sparse top-k routing (model.top_k): packing, equivalence with the dense MoE, gradients."""
+"""Sparse top-k routing (model.top_k): packing, equivalence with the dense MoE, gradients;
+the experts' larger batches once the manager is fixed (expert_batch_scale)."""
 import pytest
 import torch
 
@@ -60,3 +61,31 @@ def test_top_2_sends_gradient_to_the_manager_and_learns():
         model(x)["loss"].backward()
         opt.step()
     assert model(x)["loss"].item() < first - 10
+
+
+def test_expert_batch_scale_applies_once_the_manager_is_fixed_and_only_then():
+    """manager_epochs: 2, expert_batch_scale: 4 -> epochs 1-2 at train.batch_size, then x4;
+    the default (1) and kinds without the phase (vae) never scale."""
+    from pipeline.models.registry import model_config
+
+    scaled = build_model(model_config({"moe_vae.manager_epochs": 2, "moe_vae.expert_batch_scale": 4,
+                                       "net.hidden": 8, "net.latent_dim": 2}))
+    assert [scaled.batch_scale(e) for e in range(4)] == [1, 1, 4, 4]
+    plain = build_model(model_config({"moe_vae.manager_epochs": 2, "net.hidden": 8, "net.latent_dim": 2}))
+    vae = build_model(model_config({"kind": "vae", "net.hidden": 8, "net.latent_dim": 2}))
+    assert [plain.batch_scale(e) for e in range(4)] == [vae.batch_scale(e) for e in range(4)] == [1] * 4
+
+
+@pytest.mark.parametrize("over, fix", [
+    ({"moe_vae.expert_batch_scale": 0}, "integer >= 1"),
+    ({"moe_vae.expert_batch_scale": 2.5, "moe_vae.manager_epochs": 1}, "expected int"),
+    ({"moe_vae.expert_batch_scale": 4}, "set model.moe_vae.manager_epochs too"),
+])
+def test_expert_batch_scale_rejects_bad_values_in_one_line(over, fix):
+    from pipeline.core.errors import ConfigError
+    from pipeline.models.registry import model_config
+
+    with pytest.raises(ConfigError, match="model.moe_vae.expert_batch_scale") as e:
+        model_config(over)
+    assert fix in str(e.value) and "\n" not in str(e.value)
+

@@ -15,16 +15,18 @@ from pipeline.training.driver import fit
 from tests.conftest import ROOT
 
 
-def tiny_params(tmp_path, **train) -> Params:
+def tiny_params(tmp_path, moe=None, **train) -> Params:
     return params_from_dict({
-        "model": {"moe_vae": {"experts": 3}, "net": {"latent_dim": 4, "hidden": 32}},
+        "model": {"moe_vae": {"experts": 3, **(moe or {})}, "net": {"latent_dim": 4, "hidden": 32}},
         "train": {"epochs": 2, "batch_size": 40, "lr": 3e-3, "num_workers": 2,
                   "storage_path": str(tmp_path / "ray_results"), **train},
     })
 
 
 def test_ddp_two_workers_learns_and_returns_a_rebuildable_model(ray_session, tiny_shards, tmp_path):
-    params = tiny_params(tmp_path, epochs=3, batch_size=20, batch_scope="worker")  # global 40
+    # global batch 40; epoch 3, with the manager fixed, steps on 80 (expert_batch_scale)
+    params = tiny_params(tmp_path, moe={"manager_epochs": 2, "expert_batch_scale": 2}, epochs=3,
+                         batch_size=20, batch_scope="worker")
     lines = []
     state = fit(params, tiny_shards, log=lines.append)
     hist = state["history"]
@@ -32,6 +34,7 @@ def test_ddp_two_workers_learns_and_returns_a_rebuildable_model(ray_session, tin
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert {"expected_expert_loss", "balancing_loss"} <= set(hist[0])
     assert [t["epoch"] for t in state["timings"]] == [1, 2, 3] and state["timings"][0]["images_per_s"] > 0
+    assert [t["global_batch"] for t in state["timings"]] == [40, 40, 80]
     assert any("2 worker(s)" in line for line in lines)
     model = model_from_state(state["model"])
     assert model.cfg == params.model

@@ -69,6 +69,11 @@ class GenerativeModel(nn.Module):
         """Called before every training epoch (0-based), for losses that follow a schedule."""
         self.epoch = epoch
 
+    def batch_scale(self, epoch: int) -> int:
+        """Epoch `epoch` (0-based) steps on train.batch_size x this many images (same lr):
+        1, unless a kind trains a phase on larger batches."""
+        return 1
+
     def sample(self, n: int) -> torch.Tensor:
         """(n, D) pixel means of samples from the generative model."""
         raise NotImplementedError

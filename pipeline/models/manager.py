@@ -78,10 +78,8 @@ class ManagerConfig:
               "use null (= model.net.encoder), 'mlp' or 'conv'")
         check(self.activation is None or self.activation in ACTIVATION_MODULES, "activation",
               self.activation, f"use null or one of {sorted(ACTIVATION_MODULES)}")
-        for key in ("entropy_weight", "marginal_entropy_weight", "consistency_weight", "augment_weight"):
-            value = getattr(self, key)
-            check(math.isfinite(value) and value >= 0, key, value, "use a number >= 0")
-        for key in ("augment_rotate", "augment_shear"):
+        for key in ("entropy_weight", "marginal_entropy_weight", "consistency_weight", "augment_weight",
+                    "augment_rotate", "augment_shear"):
             value = getattr(self, key)
             check(math.isfinite(value) and value >= 0, key, value, "use a number >= 0")
         check(0 <= self.augment_stroke <= 1, "augment_stroke", self.augment_stroke,

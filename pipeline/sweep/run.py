@@ -129,8 +129,9 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     for epoch in range(start, setup.epochs):
         t0 = time.perf_counter()
         try:
-            parts = train_epoch(step, model, opt, pixels, tcfg.batch_size, steps, epoch, tcfg.seed,
-                                0, device, side=side)
+            scale = model.batch_scale(epoch)  # > 1: a phase on larger batches (expert_batch_scale)
+            parts = train_epoch(step, model, opt, pixels, tcfg.batch_size * scale, steps // scale,
+                                epoch, tcfg.seed, 0, device, side=side)
         except NonFiniteLossError as e:
             # Not transient: a retry from the last checkpoint (tune.max_failures) would
             # diverge the same way. End the trial with a row that says so instead.
@@ -140,7 +141,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         seconds = time.perf_counter() - t0
         val = validate(model, x_val, labels_val, setup.val_iw_samples, params.evaluate.seed)
         row = {"epoch": epoch + 1, **parts, **val, "seconds": seconds,
-               "images_per_s": steps * tcfg.batch_size / seconds}
+               "images_per_s": steps // scale * tcfg.batch_size * scale / seconds}
         with tempfile.TemporaryDirectory() as d:
             save_state(d, model, opt, epoch + 1)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))

@@ -139,13 +139,15 @@ def _train(config: dict) -> None:
         return Run(raw, compiled(model, tcfg.compile), opt, seed)
 
     def train(run: Run, epoch: int, label: str = "") -> None:
+        scale = run.raw.batch_scale(epoch)  # > 1: a phase on larger batches (expert_batch_scale)
+        b, n = batch * scale, steps // scale  # this epoch's worker batch and steps
         t0 = time.perf_counter()
-        parts = train_epoch(run.model, run.raw, run.opt, pixels, batch, steps, epoch, run.seed,
-                            rank, device, world, side)
+        parts = train_epoch(run.model, run.raw, run.opt, pixels, b, n, epoch, run.seed, rank, device,
+                            world, side)
         seconds = time.perf_counter() - t0
         run.history.append({"epoch": epoch + 1, **parts})
-        run.timings.append({"epoch": epoch + 1, "seconds": seconds,
-                            "images_per_s": steps * batch * world / seconds})
+        run.timings.append({"epoch": epoch + 1, "seconds": seconds, "global_batch": b * world,
+                            "images_per_s": n * b * world / seconds})
         if rank == 0:
             run.snapshots.append(component_snapshot(run.raw, run.seed))
         if label:  # a restart candidate's epoch: never checkpointed on its own

@@ -15,6 +15,10 @@ With model.moe_vae.manager_epochs: N the manager trains N epochs; then it stays 
 mode, no gradient, its terms not computed) while the experts go on under its choices: with
 top_k: 1 a later epoch costs about one expert per image, so big experts can train long.
 
+With model.moe_vae.expert_batch_scale: s those expert-only epochs step on s times as many
+images at the same lr: each step updates every expert's weights, and with top-1 routing
+each expert sees only about B / K images of a batch of B.
+
 With model.moe_vae.manager.input: grey the manager (and its IMSAT terms) reads the grey image
 while the experts model its binarization: x is then (B, 2, D) = (binarized, grey).
 """
@@ -46,6 +50,9 @@ class MoEVAEConfig:
     warmup_epochs: int = param(0, "first N epochs: expert losses send no gradient to the manager")
     manager_epochs: Optional[int] = param(None, "null: the manager trains every epoch | N: only the "
                                                 "first N, then it stays fixed while the experts go on")
+    expert_batch_scale: int = param(1, "after manager_epochs: the experts step on train.batch_size x "
+                                       "this many images at train.lr: fewer Adam steps over all "
+                                       "K experts' weights; 1: unchanged")
     manager: ManagerConfig = param(factory=ManagerConfig, doc="the manager network and its terms")
 
     def __post_init__(self):
@@ -58,6 +65,11 @@ class MoEVAEConfig:
               self.warmup_epochs, "use an integer >= 0 (0: no warm-up)")
         check(self.manager_epochs is None or positive_int(self.manager_epochs), "manager_epochs",
               self.manager_epochs, "use null (the manager trains every epoch) or an integer >= 1")
+        check(positive_int(self.expert_batch_scale), "expert_batch_scale", self.expert_batch_scale,
+              "use an integer >= 1 (1: the experts keep train.batch_size)")
+        check(self.expert_batch_scale == 1 or self.manager_epochs is not None, "expert_batch_scale",
+              self.expert_batch_scale, "it scales the batch once the manager is fixed; set "
+                                       "model.moe_vae.manager_epochs too, or use 1")
 
 
 class MoEVAE(GenerativeModel):
@@ -78,6 +90,13 @@ class MoEVAE(GenerativeModel):
         self.warming_up = epoch < getattr(self.spec, "warmup_epochs", 0)  # hmoe_vae: none
         last = getattr(self.spec, "manager_epochs", None)
         self.manager_fixed = last is not None and epoch >= last
+
+    def batch_scale(self, epoch: int) -> int:
+        """expert_batch_scale once the manager is fixed: a top-1 step then costs about one
+        small expert pass per image plus one Adam update of all K experts' weights, so larger
+        batches cut the update's share (benchmarks/moe_step.py measures the step)."""
+        last = getattr(self.spec, "manager_epochs", None)
+        return getattr(self.spec, "expert_batch_scale", 1) if last is not None and epoch >= last else 1
 
     @property
     def skips_parameters(self) -> bool:
