@@ -88,4 +88,3 @@ def test_expert_batch_scale_rejects_bad_values_in_one_line(over, fix):
     with pytest.raises(ConfigError, match="model.moe_vae.expert_batch_scale") as e:
         model_config(over)
     assert fix in str(e.value) and "\n" not in str(e.value)
-

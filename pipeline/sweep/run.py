@@ -130,8 +130,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         t0 = time.perf_counter()
         try:
             scale = model.batch_scale(epoch)  # > 1: a phase on larger batches (expert_batch_scale)
-            parts = train_epoch(step, model, opt, pixels, tcfg.batch_size * scale, steps // scale,
-                                epoch, tcfg.seed, 0, device, side=side)
+            b, n = tcfg.batch_size * scale, steps // scale  # this epoch's batch and steps
+            parts = train_epoch(step, model, opt, pixels, b, n, epoch, tcfg.seed, 0, device, side=side)
         except NonFiniteLossError as e:
             # Not transient: a retry from the last checkpoint (tune.max_failures) would
             # diverge the same way. End the trial with a row that says so instead.
@@ -141,7 +141,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         seconds = time.perf_counter() - t0
         val = validate(model, x_val, labels_val, setup.val_iw_samples, params.evaluate.seed)
         row = {"epoch": epoch + 1, **parts, **val, "seconds": seconds,
-               "images_per_s": steps // scale * tcfg.batch_size * scale / seconds}
+               "images_per_s": n * b / seconds}
         with tempfile.TemporaryDirectory() as d:
             save_state(d, model, opt, epoch + 1)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
