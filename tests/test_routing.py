@@ -71,6 +71,11 @@ def test_expert_batch_scale_applies_once_the_manager_is_fixed_and_only_then():
     scaled = build_model(model_config({"moe_vae.manager_epochs": 2, "moe_vae.expert_batch_scale": 4,
                                        "net.hidden": 8, "net.latent_dim": 2}))
     assert [scaled.batch_scale(e) for e in range(4)] == [1, 1, 4, 4]
+    fixed = []  # the manager is fixed on exactly the scaled epochs
+    for e in range(4):
+        scaled.set_epoch(e)
+        fixed.append(scaled.manager_fixed)
+    assert fixed == [False, False, True, True]
     plain = build_model(model_config({"moe_vae.manager_epochs": 2, "net.hidden": 8, "net.latent_dim": 2}))
     vae = build_model(model_config({"kind": "vae", "net.hidden": 8, "net.latent_dim": 2}))
     assert [plain.batch_scale(e) for e in range(4)] == [vae.batch_scale(e) for e in range(4)] == [1] * 4

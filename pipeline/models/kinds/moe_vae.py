@@ -88,15 +88,18 @@ class MoEVAE(GenerativeModel):
         # a bool, not the epoch, is what forward reads: torch.compile (train.compile) guards
         # on it, so a compiled step recompiles when the warm-up ends, not every epoch
         self.warming_up = epoch < getattr(self.spec, "warmup_epochs", 0)  # hmoe_vae: none
-        last = getattr(self.spec, "manager_epochs", None)
-        self.manager_fixed = last is not None and epoch >= last
+        self.manager_fixed = self.manager_fixed_at(epoch)
+
+    def manager_fixed_at(self, epoch: int) -> bool:
+        """manager_epochs: from that epoch on, the manager is fixed and only the experts train."""
+        last = getattr(self.spec, "manager_epochs", None)  # hmoe_vae: none
+        return last is not None and epoch >= last
 
     def batch_scale(self, epoch: int) -> int:
         """expert_batch_scale once the manager is fixed: a top-1 step then costs about one
         small expert pass per image plus one Adam update of all K experts' weights, so larger
         batches cut the update's share (benchmarks/moe_step.py measures the step)."""
-        last = getattr(self.spec, "manager_epochs", None)
-        return getattr(self.spec, "expert_batch_scale", 1) if last is not None and epoch >= last else 1
+        return getattr(self.spec, "expert_batch_scale", 1) if self.manager_fixed_at(epoch) else 1
 
     @property
     def skips_parameters(self) -> bool:
