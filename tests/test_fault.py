@@ -228,9 +228,11 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    lines, errs = [], []  # one reader per pipe: communicate() would race the stdout reader
+    readers = [threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True),
+               threading.Thread(target=lambda: errs.extend(proc.stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
         # Ctrl-C once epoch 2's line is on screen (it is printed once its checkpoint is
         # registered), or once that checkpoint is registered if Ray forwards the line late:
@@ -241,9 +243,12 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
                 os.killpg(proc.pid, signal.SIGINT)
                 break
             time.sleep(0.05)
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        for reader in readers:
+            reader.join(timeout=30)
     finally:
         proc.kill()
+    err = "".join(errs)
     assert proc.returncode == 130, f"{err[-2000:]}\nstdout:\n{''.join(lines)[-2000:]}"
     last = err.strip().splitlines()[-1]
     assert last.startswith("train: interrupted at epoch ") and "rerun to resume from the checkpoint after epoch" in last
