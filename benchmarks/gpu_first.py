@@ -4,7 +4,7 @@ same run's matmul peak, and the time of the test set's importance-sampled log-li
     python benchmarks/gpu_first.py [--device auto|cpu|cuda] [--raw data/raw] [--steps 300]
         [--ll-images 10000] [--iw-samples 5000] [--out benchmarks/gpu_first.json]
 
-For the seeds' recipe (results preset moe_seed) and the best clustering recipe
+For the seeds' recipe (results preset moe_seed) and the conv-manager IMSAT recipe
 (moe_imsat), each on real MNIST with the data on the device as the train stage keeps it:
   images/s   train_epoch (the train stage's step loop) over --steps batches of
              train.batch_size, after a warm-up epoch of 20 steps; it reads the device
@@ -49,7 +49,7 @@ from pipeline.training.loop import (compiled, cpu_model, make_optimizer, set_det
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from moe_step import matmul_peak_gflops  # noqa: E402  (fp32, TF32 off, waits for the GPU)
 
-RECIPES = {"moe_seed": "the seeds' recipe", "moe_imsat": "the best clustering recipe"}
+RECIPES = {"moe_seed": "the seeds' recipe", "moe_imsat": "the conv-manager IMSAT recipe"}
 TEST_IMAGES = 10_000
 
 

@@ -65,4 +65,4 @@ def test_gpu_first_benchmark_writes_its_figures(mnist_dir, tmp_path):
             assert speed["flops_per_step"] > 2 * 784 * 128 * rec["batch"]  # at least one first layer
         assert [(r["deterministic"], r["identical"]) for r in rec["repeatability"]] == [(False, True), (True, True)]
         assert rec["log_likelihood"]["extrapolated"] and rec["log_likelihood"]["mean_nats"] < 0
-    assert "moe_imsat (the best clustering recipe), compile default:" in r.stdout
+    assert "moe_imsat (the conv-manager IMSAT recipe), compile default:" in r.stdout

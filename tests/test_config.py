@@ -8,17 +8,27 @@ from pipeline.params import Params, load_params, params_from_dict, variant
 from tests.conftest import ROOT
 
 
-def test_repo_params_are_the_moe_imsat_recipe():
+def test_repo_params_are_the_best_recipe_and_older_recipes_a_preset_away():
     p = load_params(ROOT / "params.yaml")
     assert p.model.kind == "moe_vae" and p.model.spec.experts == 10 and p.model.net.latent_dim == 20
     assert p.model.net.hidden == 128 and p.model.net.activation == "sigmoid"
-    assert p.model.likelihood.name == "bernoulli" and p.train.epochs == 10
+    assert p.model.likelihood.name == "bernoulli" and p.train.epochs == 15
+    # the main job is moe_imsat_top1_imsat: IMSAT's MLP manager on grey pixels, top-1 experts
     m = p.model.moe_vae.manager
-    assert (m.encoder, m.activation, m.entropy_weight, m.marginal_entropy_weight,
-            m.consistency_weight, m.augment_weight) == ("conv", "relu", 10, 40, 100, 100)
-    # the seeds' recipe is one preset away
+    assert p.model.moe_vae.top_k == 1 and variant(p, "results", "moe_imsat_top1_imsat", 0) == p
+    assert (m.encoder, m.hidden, m.batchnorm, m.input, m.consistency_radius, m.augment_weight) == \
+        ("mlp", (1200, 1200), True, "grey", "knn", 0)
+    assert (m.activation, m.entropy_weight, m.marginal_entropy_weight, m.consistency_weight) == \
+        ("relu", 10, 40, 100)
+    # the recipe the main job ran before, and the seeds' own, are one preset away each
+    old = variant(p, "results", "moe_imsat", 0)
+    om = old.model.moe_vae.manager
+    assert old.model.moe_vae.top_k is None and old.train.epochs == 10
+    assert (om.encoder, om.hidden, om.batchnorm, om.input, om.consistency_radius, om.augment_weight) == \
+        ("conv", None, False, "sample", "fixed", 100)
     seeds = variant(p, "results", "moe_seed", 0)
     assert seeds.model.moe_vae.manager == type(m)() and seeds.model.moe_vae.balancing_weight == 0.1
+    assert seeds.model.moe_vae.top_k is None and seeds.train.epochs == 10
 
 
 def test_params_yaml_lists_every_key():
@@ -120,7 +130,7 @@ def test_overrides_any_depth_and_defaults():
     p = load_params(ROOT / "params.yaml", overrides={"model.moe_vae.experts": 3,
                                                      "model.moe_vae.manager.entropy_weight": 1})
     assert p.model.moe_vae.experts == 3 and p.model.moe_vae.manager.entropy_weight == 1
-    assert p.model.moe_vae.manager.encoder == "conv"  # siblings keep their values
+    assert p.model.moe_vae.manager.encoder == "mlp"  # siblings keep their values
     whole = load_params(ROOT / "params.yaml", overrides={"model.moe_vae.manager": {}})
     assert whole.model.moe_vae.manager.encoder is None  # a mapping replaces the subsection
 
