@@ -41,8 +41,9 @@ from pipeline.evaluation.config import EvaluateConfig  # noqa: E402
 from pipeline.evaluation.likelihood import log_likelihoods  # noqa: E402
 from pipeline.evaluation.metrics import prepare_test  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
-from pipeline.params import load_params, variant  # noqa: E402
-from pipeline.training.config import COMPILE_MODES  # noqa: E402
+from pipeline.experiments.presets import load_preset, run_params  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.params.train import COMPILE_MODES  # noqa: E402
 from pipeline.training.loop import (compiled, cpu_model, make_optimizer, set_deterministic,  # noqa: E402
                                     train_epoch)
 
@@ -147,7 +148,7 @@ def main() -> None:
     print(f"{name}: fp32 matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
     modes = a.compile or (["off", "default", "reduce-overhead"] if device.type == "cuda" else ["off", "default"])
     for preset, what in RECIPES.items():
-        run = variant(params, "results", preset, 0)
+        run = run_params(params, load_preset(preset, ROOT / "params"), 0)
         speeds = [train_speed(run, train_pixels, a.steps, device, mode) for mode in modes]
         for speed in speeds:
             speed["peak_share"] = speed["achieved_flops_per_s"] / peak

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.data.shards import write_shards
-from pipeline.params import load_params, variant, with_overrides
+from pipeline.experiments.presets import load_preset, run_params
+from pipeline.params import load_params, with_overrides
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
         for workers in (1, 2):
             params = load_params(args.params)
             if args.preset:
-                params = variant(params, "results", args.preset, params.train.seed)
+                params = run_params(params, load_preset(args.preset), params.train.seed)
             params = with_overrides(params, {
                 "train.num_workers": workers, "train.epochs": args.epochs,
                 "train.storage_path": str(Path(tmp) / "ray"), "data.shards": 2})

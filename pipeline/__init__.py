@@ -7,8 +7,8 @@ The data's journey, one subpackage each:
     evaluation/  clustering scores, test log-likelihood, pictures (the only label reader)
 Around it:
     sweep/        Ray Tune over tune.space
-    experiments/  presets x seeds: the comparison of kinds and the results table
+    experiments/  presets (params/*.yaml) x their seeds -> runs -> one table
     cluster/      submitting the pipeline to a Ray cluster
     core/         errors, params schema, atomic IO, storage URIs, Ray start-up, DDP collectives
-    params.py     params.yaml as one typed tree; cli.py, the stage scripts' plumbing
+    params/       params.yaml as one typed tree; cli.py, the stage scripts' plumbing
 """

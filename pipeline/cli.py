@@ -6,31 +6,30 @@ import sys
 from typing import Callable
 
 from pipeline.core.errors import Interrupted, PipelineError
-from pipeline.params import Params, load_params, variant
+from pipeline.params import Params, load_params
 
 
 def parser(description: str, variants: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     if variants:
-        p.add_argument("--set", choices=("compare", "results"),
-                       help="the experiment set of a --preset run (compare/ or results/dvc.yaml)")
-        p.add_argument("--preset", help="run params/<PRESET>.yaml over params.yaml plus the set's "
-                                        "overrides (see pipeline/experiments/presets.py)")
+        p.add_argument("--preset", help="run params/<PRESET>.yaml (on the code's defaults; see "
+                                        "pipeline/experiments/presets.py) instead of params.yaml")
         p.add_argument("--seed", type=int, default=0, help="train.seed of a --preset run")
     return p
 
 
 def load(args: argparse.Namespace) -> Params:
-    """Validated Params for a stage: one run of an experiment set with --set/--preset,
-    else params.yaml as it is."""
+    """Validated Params for a stage: one run of a preset with --preset (checked against
+    experiments/index.yaml, which the experiment stages depend on), else params.yaml."""
     params = load_params(args.params)
-    if not hasattr(args, "preset"):  # a stage without variants
+    if not getattr(args, "preset", None):
         return params
-    preset, set_name = args.preset, args.set
-    if bool(preset) != bool(set_name):
-        raise PipelineError("pass --set and --preset together (the experiment stages), or neither")
-    return variant(params, set_name, preset, args.seed) if preset else params
+    from pipeline.experiments.index import read_index
+    from pipeline.experiments.presets import load_preset, run_params
+
+    read_index()  # the stage's params: must say what the preset files say
+    return run_params(params, load_preset(args.preset), args.seed)
 
 
 def log(msg: str) -> None:

@@ -1,11 +1,7 @@
 """prepare: MNIST (or Fashion-MNIST) IDX .gz files -> validated Parquet shards + manifest.json."""
-import sys
 from pathlib import Path
 
-# The pipeline/ beside this script, not an installed copy: a `dvc exp run --queue` run
-# executes in a copy of the project, whose code is what DVC hashed for it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import cli  # noqa: E402
+from pipeline import cli
 from pipeline.data.idx import DATASET_MD5, FILES, download
 from pipeline.data.shards import write_shards
 

@@ -1,25 +1,23 @@
-"""table: every preset's runs over seeds (one experiment set) -> <set>/table.{md,csv}."""
-import sys
+"""table: every preset's runs (experiments/runs) and the archived ones -> one table."""
 from pathlib import Path
 
-# The pipeline/ beside this script, not an installed copy: a `dvc exp run --queue` run
-# executes in a copy of the project, whose code is what DVC hashed for it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import cli  # noqa: E402
+from pipeline import cli
 
 
 def main() -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--set", required=True, choices=("compare", "results"))
     p.add_argument("--runs", required=True, help="holds <preset>/seed<S>/{train,evaluate}.json")
+    p.add_argument("--archive", required=True, help="the historical runs and their index.yaml")
     p.add_argument("--markdown", required=True)
     p.add_argument("--csv", required=True)
+
+    p.add_argument("--index", default="experiments/index.yaml", help="the presets and their runs")
     args = p.parse_args()
-    params = cli.load(args)
 
-    from pipeline.experiments.table import write_table
+    from pipeline.experiments.table import read_yaml, write_table
 
-    cli.log(write_table(params, args.set, Path(args.runs), Path(args.markdown), Path(args.csv)))
+    cli.log(write_table(read_yaml(Path(args.index)), Path(args.runs), Path(args.archive),
+                        Path(args.markdown), Path(args.csv)))
 
 
 if __name__ == "__main__":

@@ -1,28 +1,26 @@
 """tune: Parquet shards -> Ray Tune sweep over tune.space -> results table, best params, plots."""
-import sys
 import time
 from pathlib import Path
 
-# The pipeline/ beside this script, not an installed copy: a `dvc exp run --queue` run
-# executes in a copy of the project, whose code is what DVC hashed for it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import cli  # noqa: E402
+from pipeline import cli
 
 
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument("--shards", required=True)
+    p.add_argument("--neighbours", help="the neighbours stage's folder (else computed if needed)")
     p.add_argument("--table-dir", required=True, help="writes table.csv, best_params.yaml")
     p.add_argument("--plots", required=True, help="directory for trials.csv, curves.csv, PNGs")
     p.add_argument("--metrics", required=True, help="sweep summary JSON (a DVC metric)")
     args = p.parse_args()
-    params = cli.load(args)  # tune.space is validated here, before any Ray work
+    params = cli.load(args)
 
     from pipeline.sweep.report import write_report
     from pipeline.sweep.run import run_sweep
 
     t0 = time.perf_counter()
-    trials = run_sweep(params, Path(args.shards), log=cli.log)
+    trials = run_sweep(params, Path(args.shards), log=cli.log,
+                       neighbours=args.neighbours and Path(args.neighbours))
     best = write_report(trials, params, time.perf_counter() - t0, Path(args.table_dir),
                         Path(args.plots), Path(args.metrics))
     metric = params.tune.metric

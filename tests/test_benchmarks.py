@@ -66,3 +66,12 @@ def test_gpu_first_benchmark_writes_its_figures(mnist_dir, tmp_path):
         assert [(r["deterministic"], r["identical"]) for r in rec["repeatability"]] == [(False, True), (True, True)]
         assert rec["log_likelihood"]["extrapolated"] and rec["log_likelihood"]["mean_nats"] < 0
     assert "moe_imsat (the conv-manager IMSAT recipe), compile default:" in r.stdout
+
+
+def test_neighbours_benchmark_compares_equal_radii(mnist_dir):
+    out = subprocess.run([sys.executable, str(SCRIPT.parent / "neighbours.py"), "--raw", str(mnist_dir),
+                          "--rows", "300", "--k", "3"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "300 images, k=3" in out.stdout and "radii bit for bit equal" in out.stdout
+    saved = float(out.stdout.split("a rerun saves ")[1].split()[0])
+    assert saved >= 0

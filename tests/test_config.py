@@ -4,7 +4,8 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 from pipeline.paramdoc import describe, leaf_keys, reference
-from pipeline.params import Params, load_params, params_from_dict, variant
+from pipeline.experiments.presets import load_preset, run_params
+from pipeline.params import Params, load_params, params_from_dict
 from tests.conftest import ROOT
 
 
@@ -15,18 +16,18 @@ def test_repo_params_are_the_best_recipe_and_older_recipes_a_preset_away():
     assert p.model.likelihood.name == "bernoulli" and p.train.epochs == 15
     # the main job is moe_imsat_top1_imsat: IMSAT's MLP manager on grey pixels, top-1 experts
     m = p.model.moe_vae.manager
-    assert p.model.moe_vae.top_k == 1 and variant(p, "results", "moe_imsat_top1_imsat", 0) == p
+    assert p.model.moe_vae.top_k == 1
     assert (m.encoder, m.hidden, m.batchnorm, m.input, m.consistency_radius, m.augment_weight) == \
         ("mlp", (1200, 1200), True, "grey", "knn", 0)
     assert (m.activation, m.entropy_weight, m.marginal_entropy_weight, m.consistency_weight) == \
         ("relu", 10, 40, 100)
     # the recipe the main job ran before, and the seeds' own, are one preset away each
-    old = variant(p, "results", "moe_imsat", 0)
+    old = run_params(p, load_preset("moe_imsat", ROOT / "params"), 0)
     om = old.model.moe_vae.manager
     assert old.model.moe_vae.top_k is None and old.train.epochs == 10
     assert (om.encoder, om.hidden, om.batchnorm, om.input, om.consistency_radius, om.augment_weight) == \
         ("conv", None, False, "sample", "fixed", 100)
-    seeds = variant(p, "results", "moe_seed", 0)
+    seeds = run_params(p, load_preset("moe_seed", ROOT / "params"), 0)
     assert seeds.model.moe_vae.manager == type(m)() and seeds.model.moe_vae.balancing_weight == 0.1
     assert seeds.model.moe_vae.top_k is None and seeds.train.epochs == 10
 
@@ -39,7 +40,7 @@ def test_params_yaml_lists_every_key():
     def walk(node, prefix):
         for k, v in node.items():
             key = f"{prefix}.{k}" if prefix else k
-            if isinstance(v, dict) and key not in ("tune.space", "compare.overrides", "results.overrides"):
+            if isinstance(v, dict) and key != "tune.space":
                 walk(v, key)
             else:
                 listed.add(key)
@@ -52,7 +53,7 @@ def test_parameter_reference_is_up_to_date():
     `python -m pipeline.paramdoc docs/params.md` when this fails."""
     assert (ROOT / "docs" / "params.md").read_text() == reference()
     assert all(doc for _, _, _, doc in describe(Params()))  # every field says what it does
-    assert "`compare.presets` | Any | `[moe_imsat, vae, mmd_vae, gmm_vae]`" in reference()
+    assert "`neighbours.k` | int | `10`" in reference()
 
 
 @pytest.mark.parametrize("raw, needle", [
@@ -75,8 +76,6 @@ def test_parameter_reference_is_up_to_date():
     ({"model": {"gmm_vae": {"components": 0}}}, "model.gmm_vae.components=0"),
     ({"model": {"mmd_vae": {"proposal_std": 0}}}, "model.mmd_vae.proposal_std=0"),
     ({"model": {"gmm_vae": {"learn_prior_weights": "yes"}}}, "model.gmm_vae.learn_prior_weights='yes'"),
-    ({"compare": {"presets": ["vae", "vae"]}}, "compare.presets=['vae', 'vae']"),
-    ({"compare": {"overrides": {"epochs": 3}}}, "compare.overrides="),
     ({"model": {"moe_vae": {"manager": {"hidden": [0]}}}}, "model.moe_vae.manager.hidden=[0]"),
     ({"model": {"moe_vae": {"manager": {"hidden": 128}}}}, "model.moe_vae.manager.hidden=128"),
     ({"model": {"moe_vae": {"manager": {"activation": "gelu"}}}}, "model.moe_vae.manager.activation='gelu'"),
@@ -90,13 +89,10 @@ def test_parameter_reference_is_up_to_date():
     ({"model": {"moe_vae": {"importance_samples": 5}}}, "unknown key 'model.moe_vae.importance_samples'"),
     ({"model": {"mmd_vae": {"importance_samples": 5}}}, "unknown key 'model.mmd_vae.importance_samples'"),
     ({"train": {"restarts": 2}, "model": {"kind": "vae"}}, "train.restarts=2"),
-    ({"tune": {"space": {"model.net.hidden": {"choice": [0]}}}}, "tune.space.model.net.hidden value 0"),
     ({"tune": {"space": {"model.kind": {"choice": ["vae"]}}}}, "tune.space='model.kind'"),
     ({"tune": {"metric": "acc"}}, "tune.metric='acc'"),
-    ({"results": {"presets": []}}, "results.presets=[]"),
-    ({"results": {"presets": ["../etc"]}}, "results.presets=['../etc']"),
-    ({"results": {"seeds": [0, 0]}}, "results.seeds=[0, 0]"),
-    ({"results": {"overrides": {"epochs": 3}}}, "results.overrides="),
+    ({"neighbours": {"k": 0}}, "neighbours.k=0"),
+    ({"compare": {"presets": ["vae"]}}, "unknown section 'compare'"),
 ])
 def test_bad_values_name_the_key(raw, needle):
     with pytest.raises(ConfigError) as e:
@@ -135,22 +131,10 @@ def test_overrides_any_depth_and_defaults():
     assert whole.model.moe_vae.manager.encoder is None  # a mapping replaces the subsection
 
 
-def test_variant_applies_preset_then_set_overrides_then_seed(tmp_path):
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"description": "d", "overrides": {
-        "train.epochs": 9, "model.moe_vae.experts": 4, "model.kind": "gmm_vae"}}))
-    p = params_from_dict({"results": {"presets": ["p"], "seeds": [0, 1], "presets_dir": str(tmp_path),
-                                      "overrides": {"train.epochs": 1}}})
-    v = variant(p, "results", "p", seed=1)
-    assert (v.model.kind, v.model.moe_vae.experts, v.train.epochs, v.train.seed) == ("gmm_vae", 4, 1, 1)
-    assert v.evaluate == p.evaluate and p.model.kind == "moe_vae"  # the main run is untouched
-    with pytest.raises(ConfigError, match="'q' is not in results.presets"):
-        variant(p, "results", "q", seed=0)
-
-
 def test_train_stage_depends_on_the_params_that_change_its_output():
     """A key missing from dvc.yaml would change the model without rerunning `train`; the
     runtime keys (where checkpoints go, retries) are left out on purpose."""
-    from pipeline.training.config import RUNTIME_KEYS, TrainConfig
+    from pipeline.params.train import RUNTIME_KEYS, TrainConfig
 
     listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
     want = {f"train.{k}" for k in leaf_keys(TrainConfig())} - {f"train.{k}" for k in RUNTIME_KEYS}

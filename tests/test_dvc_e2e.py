@@ -14,8 +14,24 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-COPIED = ["pipeline", "stages", "params", "dvc.yaml", "compare/dvc.yaml", "results/dvc.yaml",
-          "sweep/dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
+COPIED = ["pipeline", "stages", "params", "dvc.yaml", "experiments/dvc.yaml", "experiments/index.yaml",
+          "experiments/archive", "sweep/dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
+# Tiny presets in place of params/: the experiments pipeline on e2e data in seconds.
+TINY_PRESETS = {
+    "tiny_vae": {"description": "a tiny VAE", "seeds": [0], "overrides": {
+        "model.kind": "vae", "model.net.hidden": 32, "model.net.latent_dim": 4,
+        "model.likelihood.name": "bernoulli", "train.epochs": 1, "train.batch_size": 50,
+        "evaluate.iw_samples": 20, "evaluate.iw_chunk": 20, "evaluate.ll_limit": 100}},
+    "tiny_moe": {"description": "a tiny MoE-VAE whose manager reads the cached neighbours",
+                 "extends": "tiny_vae", "seeds": [0, 1], "overrides": {
+                     "model.kind": "moe_vae", "model.moe_vae.experts": 3,
+                     "model.moe_vae.manager.hidden": [32], "model.moe_vae.manager.consistency_weight": 10,
+                     "model.moe_vae.manager.consistency_radius": "knn"}},
+    "tiny_hmoe": {"description": "a tiny hierarchical MoE-VAE", "extends": "tiny_vae", "seeds": [0],
+                  "overrides": {"model.kind": "hmoe_vae", "model.hmoe_vae.experts": 2,
+                                "model.hmoe_vae.sub_experts": 2}},
+    "tiny_recipe": {"description": "a recipe with no seeds: no run", "extends": "tiny_vae"},
+}
 
 
 def sh(cmd, cwd, timeout=900):
@@ -57,11 +73,14 @@ def repo(tmp_path, mnist_dir):
         p["model"]["net"].update(hidden=32, latent_dim=4)
         p["train"].update(epochs=1, batch_size=50)
         p["evaluate"].update(iw_samples=20, iw_chunk=20, ll_limit=100)
-        p["compare"].update(presets=["vae", "gmm_vae", "hmoe_imsat"], overrides={"train.epochs": 1})
-        p["results"].update(presets=["moe_imsat", "moe_seed"], seeds=[0, 1], overrides={})
         p["tune"].update(num_samples=2, epochs=1, val_rows=100, val_iw_samples=4,
                          max_concurrent_trials=1)
     edit_params(repo, tiny)
+    shutil.rmtree(repo / "params")
+    (repo / "params").mkdir()
+    for name, body in TINY_PRESETS.items():
+        (repo / "params" / f"{name}.yaml").write_text(yaml.safe_dump(body))
+    sh("python -m pipeline.experiments.index", repo)
     sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q -f", repo)
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")  # dvc init wrote an empty one
     sh("git add -A && git commit -qm init", repo)
@@ -71,7 +90,7 @@ def repo(tmp_path, mnist_dir):
 def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     out = sh("dvc repro", repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"prepare", "train", "evaluate"}  # the main job only
+    assert ran == {"prepare", "neighbours", "train", "evaluate"}  # the main job only
     metrics = json.loads((repo / "dvclive/evaluate/metrics.json").read_text())
     assert 0 <= metrics["cluster_accuracy"] <= 1 and metrics["test_log_likelihood"] < 0
     for f in ("images/component_samples.png", "images/reconstructions.png", "images/samples.png",
@@ -130,38 +149,95 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     assert "Data and pipelines are up to date" in sh("dvc status dvc.yaml", clone)
 
 
-def test_comparison_results_and_sweep_pipelines(repo):
-    out = sh("dvc repro compare/dvc.yaml", repo)
-    assert "Running stage 'prepare'" in out and "Running stage 'train'" not in out  # own runs only
-    table = (repo / "compare/table.md").read_text().splitlines()
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["vae", "gmm_vae", "hmoe_imsat"]
-    runs = repo / "compare/runs"
-    assert json.loads((runs / "vae/seed0/train/metrics.json").read_text())["epochs"] == 1
-    assert (runs / "gmm_vae/seed0/evaluate/plots/images/latent.png").exists()
-    hmoe = json.loads((runs / "hmoe_imsat/seed0/evaluate/metrics.json").read_text())
-    assert len(hmoe["sub_cluster_usage"]) == 10 and "sub_balancing_loss" in json.loads(
-        (runs / "hmoe_imsat/seed0/train/metrics.json").read_text())
-    assert (runs / "hmoe_imsat/seed0/evaluate/plots/images/sub_expert_claims.png").exists()
-    assert (runs / "hmoe_imsat/seed0/evaluate/plots/custom/sub_clusters.json").exists()
-    # the comparison renders too (compare/dvc.yaml's top-level plot of table.csv)
-    shown = json.loads(sh("dvc plots show compare/dvc.yaml --json", repo))
-    assert "accuracy" in shown["data"] and not shown.get("errors"), shown.get("errors")
+def stale_runs(repo):
+    """The run stages `dvc status experiments/dvc.yaml` lists (the table follows the index)."""
+    return {line.rstrip(":").split(":")[-1] for line in sh("dvc status experiments/dvc.yaml", repo).splitlines()
+            if line.startswith("experiments/dvc.yaml:run@")}
 
-    sh("dvc repro results/dvc.yaml", repo)  # the same mechanism: presets x seeds
-    table = (repo / "results/table.md").read_text()
-    assert "| moe_imsat | moe_vae |" in table and "| moe_seed | moe_vae |" in table and "(n=2)" in table
-    imsat = json.loads((repo / "results/runs/moe_imsat/seed1/train/metrics.json").read_text())
-    record = json.loads((repo / "results/runs/moe_imsat/seed1/train_run.json").read_text())
-    assert "manager_loss" in imsat and "worker" in record["hardware"]
-    assert "train_seconds" not in imsat and record["train_seconds"] > 0  # results apart from timings
-    assert "manager_loss" not in json.loads((repo / "results/runs/moe_seed/seed0/train/metrics.json").read_text())
+
+def test_experiments_and_sweep_pipelines(repo):
+    out = sh("dvc repro experiments/dvc.yaml", repo)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    runs = {"experiments/dvc.yaml:run@" + r for r in ("tiny_vae-0", "tiny_moe-0", "tiny_moe-1", "tiny_hmoe-0")}
+    assert ran == {"prepare", "neighbours", "experiments/dvc.yaml:table"} | runs  # not the main job
+    table = (repo / "experiments/table.md").read_text()
+    current, historical = table.split("## Historical")
+    assert [line.split("|")[1].strip() for line in current.splitlines()[4:] if line] == [
+        "tiny_hmoe", "tiny_moe", "tiny_vae"]  # tiny_recipe names no seeds: no row
+    assert "| tiny_moe | moe_vae | a tiny MoE-VAE whose manager reads the cached neighbours |" in current
+    assert "(n=2) |" in current and "historical @ " in historical  # the archive's rows
+    runs_dir, cache = repo / "experiments/runs", repo / "experiments/cache"
+    assert json.loads((runs_dir / "tiny_vae/seed0/train.json").read_text())["epochs"] == 1
+    record = json.loads((runs_dir / "tiny_moe/seed1/train_run.json").read_text())
+    assert "manager_loss" in json.loads((runs_dir / "tiny_moe/seed1/train.json").read_text())
+    assert "worker" in record["hardware"] and record["train_seconds"] > 0
+    assert (cache / "tiny_moe/seed1/model.pt").exists()
+    assert (cache / "tiny_vae/seed0/evaluate/plots/images/latent.png").exists()
+    assert not (cache / "tiny_vae/seed0/train/metrics.json").exists()  # it is in git, under runs/
+    hmoe = json.loads((runs_dir / "tiny_hmoe/seed0/evaluate.json").read_text())
+    assert len(hmoe["sub_cluster_usage"]) == 2
+    assert (cache / "tiny_hmoe/seed0/evaluate/plots/images/sub_expert_claims.png").exists()
+    shown = json.loads(sh("dvc plots show experiments_accuracy experiments_nll --json", repo))
+    assert set(shown["data"]) == {"experiments_accuracy", "experiments_nll"} and not shown.get("errors")
+
+    # Editing a base preset makes exactly the runs built on it stale, once the index says so.
+    sh("git add -A && git commit -qm runs", repo)
+    body = yaml.safe_load((repo / "params/tiny_vae.yaml").read_text())
+    body["overrides"]["model.net.latent_dim"] = 5
+    (repo / "params/tiny_vae.yaml").write_text(yaml.safe_dump(body))
+    sh("python -m pipeline.experiments.index", repo)
+    stale = stale_runs(repo)
+    assert stale == {"run@tiny_vae-0", "run@tiny_moe-0", "run@tiny_moe-1", "run@tiny_hmoe-0"}
+    body = yaml.safe_load((repo / "params/tiny_hmoe.yaml").read_text())
+    sh("git checkout -q -- params experiments/index.yaml", repo)
+    body["overrides"]["model.hmoe_vae.sub_experts"] = 3
+    (repo / "params/tiny_hmoe.yaml").write_text(yaml.safe_dump(body))
+    r = subprocess.run("dvc repro experiments/dvc.yaml", cwd=repo, shell=True, text=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1",
+                            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    assert r.returncode != 0 and "experiments/index.yaml is out of date with params/" in r.stdout + r.stderr
+    assert (repo / "experiments/runs/tiny_hmoe/seed0/evaluate.json").exists()  # a failed rerun loses nothing
+    assert (repo / "experiments/cache/tiny_hmoe/seed0/model.pt").exists()
+    sh("python -m pipeline.experiments.index", repo)
+    stale = stale_runs(repo)
+    assert stale == {"run@tiny_hmoe-0"}
+    sh("git checkout -q -- params experiments/index.yaml", repo)
 
     sh("dvc repro sweep/dvc.yaml", repo)
     tune = json.loads((repo / "sweep/metrics.json").read_text())
     assert tune["trials"] == 2 and (repo / "sweep/best_params.yaml").exists()
-    for pipeline in ("compare/dvc.yaml", "results/dvc.yaml", "sweep/dvc.yaml", "dvc.yaml"):
+    for pipeline in ("experiments/dvc.yaml", "sweep/dvc.yaml", "dvc.yaml"):
         status = sh(f"dvc status {pipeline}", repo)
         assert "Data and pipelines are up to date" in status or pipeline == "dvc.yaml", status
+
+
+def test_a_fresh_clone_after_dvc_repro_lists_only_what_the_remote_holds(repo, tmp_path):
+    """The README's promise: clone, `dvc repro`, and `dvc status` shows only the
+    experiment runs' cached folders (one line each, `dvc pull` brings them) and the sweep
+    if it never ran; `dvc metrics show` and `dvc metrics diff` print no warning."""
+    sh("dvc repro && dvc repro experiments/dvc.yaml && git add -A && git commit -qm runs", repo)
+    clone = tmp_path / "fresh"
+    sh(f"git clone -q {repo} {clone}", tmp_path)
+    sh("dvc repro", clone)  # the README's command: the main job
+    status = sh("dvc status", clone).splitlines()
+    assert len(status) <= 50, "\n".join(status)  # one screen
+    listed, stage = {}, None
+    for line in status:
+        if not line.startswith("\t"):
+            stage = line.rstrip(":")
+            listed[stage] = []
+        elif line.startswith("\t\t"):
+            listed[stage].append(line.split())
+    runs = {f"experiments/dvc.yaml:run@{r}" for r in ("tiny_hmoe-0", "tiny_moe-0", "tiny_moe-1", "tiny_vae-0")}
+    assert set(listed) - {"sweep/dvc.yaml:tune"} == runs, status  # the main job is done
+    for run in runs:  # one cached folder a run, nothing else pending
+        assert len(listed[run]) == 1 and listed[run][0][-1].startswith("experiments/cache/"), status
+        assert listed[run][0][0] in ("not", "deleted:"), status
+    for cmd in ("dvc metrics show", "dvc metrics diff"):
+        r = subprocess.run(cmd, cwd=clone, shell=True, text=True, capture_output=True,
+                           env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        assert r.returncode == 0 and "failed" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+        assert "WARNING" not in r.stderr, r.stderr
 
 
 BETA_VAE = '''"""beta-VAE (Higgins et al. 2017): the VAE with its KL term weighted by beta."""
@@ -202,7 +278,7 @@ def test_a_new_kind_is_one_module_plus_its_params_block(repo):
     state = __import__("torch").load(repo / "models/model.pt", weights_only=True)
     assert state["kind"] == "beta_vae" and state["config"]["beta_vae"]["beta"] == 2.0
     edit_params(repo, lambda p: p["model"]["beta_vae"].update(beta=-1))
-    r = subprocess.run("python stages/train.py --shards data/shards --model m.pt --live live "
+    r = subprocess.run("python -m stages.train --shards data/shards --model m.pt --live live "
                        "--record r.json", cwd=repo, shell=True, text=True,
                        capture_output=True, env={**os.environ, "PYTHONPATH": str(repo),
                                                  "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})

@@ -1,109 +1,201 @@
-"""Presets (params/<name>.yaml) and the table of an experiment set built from its runs."""
+"""Presets (params/<name>.yaml, `extends:` chains on the code's defaults), the generated
+index of their runs, and the one table of current and historical rows."""
 import json
 
 import pytest
 import yaml
 
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.experiments.presets import load_preset
-from pipeline.experiments.table import markdown, run_dir, write_table
-from pipeline.params import load_params, params_from_dict, variant
+from pipeline.core.schema import to_dict
+from pipeline.experiments.index import INDEX, build_index, read_index, render
+from pipeline.experiments.presets import RUN_KEYS, load_preset, run_params
+from pipeline.experiments.table import compact, markdown, read_yaml, run_dir, table_rows, write_table
+from pipeline.params import Params, load_params
 from tests.conftest import ROOT
 
-
-def test_committed_presets_build_valid_params():
-    params = load_params(ROOT / "params.yaml")
-    for set_name in ("compare", "results"):
-        for name in getattr(params, set_name).presets:
-            description, _ = load_preset(ROOT / "params" / f"{name}.yaml")
-            assert description and variant(params, set_name, name, 2).train.seed == 2
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["results"].update(presets=sorted(p.stem for p in (ROOT / "params").glob("*.yaml")),
-                          presets_dir=str(ROOT / "params"))
-    every = params_from_dict(raw)
-    for name in every.results.presets:  # also the ones no set lists today
-        variant(every, "results", name, 0)
+PARAMS = ROOT / "params"
 
 
-def presets(tmp_path, body):
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(body))
-    return params_from_dict({"results": {"presets": ["p"], "seeds": [0, 1],
-                                         "presets_dir": str(tmp_path),
-                                         "overrides": {"train.epochs": 1}}})
+def write(d, name, body):
+    (d / f"{name}.yaml").write_text(yaml.safe_dump(body))
 
 
-@pytest.mark.parametrize("body, needle", [
-    ({"overrides": {"model.moe_vae.expert": 3}}, "unknown key 'model.moe_vae.expert'"),
-    ({"overrides": {"model.experts": 3}}, "unknown key 'model.experts'"),
-    ({"overides": {}}, "use only the keys 'description' and 'overrides'"),
-    ({"overrides": {"experts": 3}}, "p.yaml: overrides="),
+def test_the_committed_index_is_what_the_presets_say():
+    assert (ROOT / INDEX).read_text() == render(build_index(PARAMS)), \
+        "run `python -m pipeline.experiments.index` and commit experiments/index.yaml"
+    read_index(ROOT / INDEX, PARAMS)
+
+
+def test_the_main_job_is_its_preset_with_seed_0():
+    """params.yaml runs moe_imsat_top1_imsat: every key but where runs happen agrees."""
+    main = load_params(ROOT / "params.yaml")
+    run = run_params(main, load_preset("moe_imsat_top1_imsat", PARAMS), 0)
+    a, b = to_dict(main), to_dict(run)
+    for section in ("model", "train", "evaluate"):
+        assert a[section] == b[section], section
+
+
+def test_presets_say_only_what_they_change():
+    """No preset repeats a value its base already has, and no block is copied."""
+    for path in sorted(PARAMS.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        base = (to_dict(Params()) if not raw.get("extends") else
+                to_dict(run_params(Params(), load_preset(raw["extends"], PARAMS), 0)))
+        for key, value in (raw.get("overrides") or {}).items():
+            node = base
+            for part in key.split("."):
+                node = node[part]
+            assert node != value, f"{path.name}: {key}={value!r} repeats its base"
+
+
+def test_extends_resolves_the_chain_and_later_files_win(tmp_path):
+    write(tmp_path, "a", {"overrides": {"train.epochs": 3, "model.net.hidden": 16}})
+    write(tmp_path, "b", {"extends": "a", "seeds": [1, 2], "overrides": {"train.epochs": 4}})
+    b = load_preset("b", tmp_path)
+    assert b.chain == ("a", "b") and b.seeds == (1, 2)
+    run = run_params(load_params(ROOT / "params.yaml"), b, 2)
+    assert (run.train.epochs, run.model.net.hidden, run.train.seed) == (4, 16, 2)
+    assert run.model.likelihood.name == Params().model.likelihood.name  # not params.yaml's
+
+
+def test_where_runs_happen_comes_from_params_yaml(tmp_path):
+    write(tmp_path, "a", {"overrides": {"train.epochs": 3}})
+    here = load_params(ROOT / "params.yaml", overrides={"train.threads": 3, "train.epochs": 9})
+    run = run_params(here, load_preset("a", tmp_path), 0)
+    assert run.train.threads == 3 and run.train.epochs == 3
+    assert all(k.split(".")[0] in ("train", "evaluate") for k in RUN_KEYS)
+
+
+def test_editing_a_base_changes_exactly_the_presets_built_on_it(tmp_path):
+    for path in PARAMS.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    before = build_index(tmp_path)["presets"]
+    raw = yaml.safe_load((tmp_path / "moe_imsat_top1.yaml").read_text())
+    raw["overrides"]["model.moe_vae.balancing_weight"] = 0.5
+    write(tmp_path, "moe_imsat_top1", raw)
+    after = build_index(tmp_path)["presets"]
+    changed = {n for n in before if before[n]["overrides"] != after[n]["overrides"]}
+    users = {n for n, p in before.items() if "moe_imsat_top1" in p["chain"] and p["kind"] != "vae"
+             and p["kind"] in ("moe_vae",)}
+    assert changed == users and "moe_imsat_top1_imsat" in changed and "moe_imsat" not in changed
+    assert "vae" not in changed  # a VAE on the main job's blocks reads no manager key
+
+
+@pytest.mark.parametrize("files, needle", [
+    ({"p": {"overrides": {"model.moe_vae.expert": 3}}}, "unknown key 'model.moe_vae.expert'"),
+    ({"p": {"overides": {}}}, "use only the keys description, extends, seeds, overrides"),
+    ({"p": {"overrides": {"experts": 3}}}, "p.yaml: overrides={'experts': 3} is invalid"),
+    ({"p": {"seeds": [0, 0]}}, "p.yaml: seeds=[0, 0] is invalid"),
+    ({"p": {"extends": "q"}}, "preset " + "{d}/q.yaml not found"),
+    ({"p": {"extends": "q"}, "q": {"extends": "p"}}, "preset p: extends loops (p -> q -> p)"),
 ])
-def test_bad_presets_are_one_line_errors(tmp_path, body, needle):
-    params = presets(tmp_path, body)
+def test_bad_presets_are_one_line_errors(tmp_path, files, needle):
+    for name, body in files.items():
+        write(tmp_path, name, body)
     with pytest.raises(ConfigError) as e:
-        variant(params, "results", "p", seed=0)
-    assert needle in str(e.value) and "\n" not in str(e.value)
+        build_index(tmp_path)
+    assert needle.replace("{d}", str(tmp_path)) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_preset_that_is_not_yaml_is_one_line(tmp_path):
     (tmp_path / "p.yaml").write_text("overrides: {a: [1\n")
-    params = params_from_dict({"results": {"presets": ["p"], "presets_dir": str(tmp_path)}})
     with pytest.raises(ConfigError, match="p.yaml: not valid YAML") as e:
-        variant(params, "results", "p", seed=0)
+        load_preset("p", tmp_path)
     assert "\n" not in str(e.value)
 
 
-def test_table_aggregates_seeds(tmp_path):
-    params = presets(tmp_path, {"description": "tiny recipe",
-                                "overrides": {"model.likelihood.name": "bernoulli"}})
-    runs = tmp_path / "runs"
-    with pytest.raises(DataError, match="dvc repro results/dvc.yaml"):
-        write_table(params, "results", runs, tmp_path / "t.md", tmp_path / "t.csv")
-    assert not (tmp_path / "t.md").exists()
-    for seed, acc, ll in ((0, 0.9, -90.0), (1, 0.8, -92.0)):
-        d = run_dir(runs, "p", seed)
-        (d / "train").mkdir(parents=True)
-        (d / "evaluate").mkdir()
-        (d / "train/metrics.json").write_text(json.dumps({"epochs": 1, "loss": 100.0, "step": 1}))
-        (d / "train_run.json").write_text(json.dumps({"train_seconds": 120 + seed * 60,
-                                                      "hardware": "1 worker x CPU (2 threads)"}))
-        (d / "evaluate/metrics.json").write_text(json.dumps({"cluster_accuracy": acc, "nmi": 0.5 + seed / 10,
-                                                     "test_log_likelihood": ll,
-                                                     "ll_images": 100, "iw_samples": 5000}))
-        if seed == 0:  # one seed of two run: a row over it, marked, not an error
-            table = write_table(params, "results", runs, tmp_path / "t.md", tmp_path / "t.csv")
-            assert "| 0.9000 (n=1 of 2) | 0.5000 | 90.00 |" in table  # one run: no ± 0
-    table = write_table(params, "results", runs, tmp_path / "t.md", tmp_path / "t.csv")
-    assert ("| p | moe_vae | tiny recipe | 0.8500 ± 0.0707 (n=2) | 0.5500 | 91.00 ± 1.41 | "
-            "bernoulli (100 images × 5000 samples) | 1 | 2.5 | 1 worker x CPU (2 threads) |") in table
-    assert (tmp_path / "t.md").read_text() == table
-    header, row = (tmp_path / "t.csv").read_text().splitlines()
-    assert header.startswith("preset,kind,recipe,seeds,cluster_accuracy_mean,cluster_accuracy_std")
-    assert row.startswith("p,moe_vae,tiny recipe,2,0.85")
+def fake_run(d, acc, ll, seconds, current=True):
+    (d / ("" if current else "train")).mkdir(parents=True, exist_ok=True)
+    (d / ("" if current else "evaluate")).mkdir(parents=True, exist_ok=True)
+    train = d / ("train.json" if current else "train/metrics.json")
+    evaluate = d / ("evaluate.json" if current else "evaluate/metrics.json")
+    train.write_text(json.dumps({"epochs": 1, "loss": 100.0}))
+    (d / "train_run.json").write_text(json.dumps({"train_seconds": seconds,
+                                                  "hardware": "1 worker x CPU (2 threads)"}))
+    evaluate.write_text(json.dumps({"cluster_accuracy": acc, "nmi": 0.5, "test_log_likelihood": ll,
+                                    "ll_images": 100, "iw_samples": 5000}))
+
+
+def test_table_has_current_and_historical_rows(tmp_path):
+    write(tmp_path, "p", {"description": "tiny recipe", "seeds": [0, 1],
+                          "overrides": {"model.likelihood.name": "bernoulli"}})
+    index = build_index(tmp_path)
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    md, csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert "| p |" not in write_table(index, runs, archive, md, csv)  # nothing run yet: no row
+    fake_run(run_dir(runs, "p", 0), 0.9, -90.0, 120)
+    assert "| 0.9000 (n=1 of 2) | 0.5000 | 90.00 |" in write_table(index, runs, archive, md, csv)
+    fake_run(run_dir(runs, "p", 1), 0.8, -92.0, 180)
+    fake_run(run_dir(archive / "runs", "old", 3), 0.7, -95.0, 60, current=False)
+    (archive / "index.yaml").write_text(yaml.safe_dump({"presets": {"old": {
+        "description": "an old recipe", "kind": "vae", "likelihood": "bernoulli", "commits": {3: "abc1234"}}}}))
+    table = write_table(index, runs, archive, md, csv)
+    current, historical = table.split("## Historical")
+    assert ("| p | moe_vae | tiny recipe | 0.8500 ± 0.0707 (n=2) | 0.5000 | 91.00 ± 1.41 | "
+            "bernoulli (100 images × 5000 samples) | 1 | 2.5 | 1 worker x CPU (2 threads) | current |") in current
+    assert "| old | vae | an old recipe | 0.7000 (n=1) |" in historical and "historical @ abc1234 |" in historical
+    assert md.read_text() == table
+    header, *rows = csv.read_text().splitlines()
+    assert header.startswith("preset,kind,recipe,source,seeds") and len(rows) == 2
     assert markdown([]).count("\n") == 2  # header and rule only
+    (archive / "runs/old/seed3/evaluate/metrics.json").unlink()
+    with pytest.raises(DataError, match="old seed 3 has no metrics"):
+        write_table(index, runs, archive, md, csv)
 
 
-def test_committed_results_table_is_the_stage_output():
-    """Nobody types numbers into the table: results/table.md is what the table stage
+def test_committed_table_is_the_stage_output(tmp_path):
+    """Nobody types numbers into the table: experiments/table.md is what the table stage
     writes from the committed per-run metrics."""
-    import tempfile
-    from pathlib import Path
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["results"]["presets_dir"] = str(ROOT / "params")
-    params = params_from_dict(raw)
-    with tempfile.TemporaryDirectory() as d:
-        table = write_table(params, "results", ROOT / "results" / "runs", Path(d) / "t.md", Path(d) / "t.csv")
-    assert (ROOT / "results" / "table.md").read_text() == table
+    table = write_table(read_yaml(ROOT / INDEX), ROOT / "experiments/runs", ROOT / "experiments/archive",
+                        tmp_path / "t.md", tmp_path / "t.csv")
+    assert (ROOT / "experiments/table.md").read_text() == table
+    assert (ROOT / "experiments/table.csv").read_text() == (tmp_path / "t.csv").read_text()
 
 
-def test_readme_headline_numbers_come_from_the_results_table():
+def test_readme_headline_numbers_come_from_the_table():
     """The README quotes the table; every `mean ± std` it quotes must be in it."""
     import re
 
     readme = (ROOT / "README.md").read_text()
-    headline = readme.split("## Headline results")[1].split("\n## ")[0]
-    quoted = re.findall(r"\d+\.\d+ ± \d+\.\d+", headline)
+    quoted = re.findall(r"\d+\.\d+ ± \d+\.\d+", readme)
     assert len(quoted) >= 4
-    table = (ROOT / "results" / "table.md").read_text()
+    table = (ROOT / "experiments/table.md").read_text()
     assert [q for q in quoted if q not in table] == []
+
+
+def test_readme_shows_the_current_rows_as_the_table_stage_makes_them():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- comparison")[1].split("-->", 1)[1].split("<!-- /comparison -->")[0]
+    rows = [r for r in table_rows(read_yaml(ROOT / INDEX), ROOT / "experiments/runs",
+                                  ROOT / "experiments/archive") if r["source"] == "current"]
+    assert block.strip() == (compact(rows).strip() if rows else "")
+
+
+def test_a_run_depends_on_its_resolved_preset_and_the_run_keys_that_change_numbers():
+    from pipeline.params.train import RUNTIME_KEYS
+
+    stage = yaml.safe_load((ROOT / "experiments/dvc.yaml").read_text())["stages"]["run"]["do"]
+    listed = [p for p in stage["params"] if isinstance(p, str)]
+    wanted = [k for k in RUN_KEYS if k.split(".")[1] not in RUNTIME_KEYS and k != "evaluate.workers"]
+    assert sorted(listed) == sorted(wanted)  # where runs happen, not what they compute, is left out
+    assert {"experiments/index.yaml": ["presets.${item.preset}.overrides"]} in stage["params"]
+    assert "params/${item.preset}.yaml" in stage["deps"] and "data/neighbours" in stage["deps"]
+
+
+def test_the_comparison_picture_shows_each_current_preset(tmp_path):
+    import numpy as np
+    from matplotlib.image import imsave
+
+    from pipeline.experiments.pictures import PICTURE, comparison_figure
+
+    write(tmp_path, "p", {"seeds": [3], "overrides": {"train.epochs": 1}})
+    write(tmp_path, "q", {"overrides": {"train.epochs": 2}})  # no seeds: not shown
+    index = build_index(tmp_path)
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    with pytest.raises(DataError, match="run@p-3"):
+        comparison_figure(index, runs, cache)
+    fake_run(run_dir(runs, "p", 3), 0.91, -99.5, 60)
+    (cache / "p/seed3" / PICTURE).parent.mkdir(parents=True)
+    imsave(cache / "p/seed3" / PICTURE, np.zeros((8, 8)), cmap="gray")
+    fig = comparison_figure(index, runs, cache)
+    assert [ax.get_title() for ax in fig.axes] == ["p\naccuracy 0.910, 99.5 nats"]

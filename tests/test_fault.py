@@ -158,7 +158,7 @@ def test_killed_dvc_repro_leaves_no_partial_outputs_and_rerun_resumes(tmp_path, 
 
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     env.pop("RAY_ADDRESS", None)
-    # The main model only (train's checkpoint is the one watched); compare/tune stages
+    # The main model only (train's checkpoint is the one watched); experiment/tune stages
     # would otherwise train in between, in an order DVC picks.
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -221,12 +221,12 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "model": {"moe_vae": {"experts": 4}, "net": {"latent_dim": 8, "hidden": 64}},
         "train": {"epochs": 10, "batch_size": 40, "storage_path": str(tmp_path / "ckpt")}}))
-    cmd = [sys.executable, str(ROOT / "stages/train.py"), "--shards", str(shards), "--model", "m.pt",
+    cmd = [sys.executable, "-m", "stages.train", "--shards", str(shards), "--model", "m.pt",
            "--live", "live", "--record", "r.json"]
     # SIGINT as a terminal delivers it: a runner that started us in the background (`cmd &`
     # in a script) leaves SIGINT ignored, which the stage would inherit and keep.
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True,
+                            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, errs = [], []  # one reader per pipe: communicate() would race the stdout reader
     readers = [threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True),

@@ -15,7 +15,7 @@ from tests.test_dvc_e2e import copy_project, edit_params, sh
 pytestmark = pytest.mark.slow
 
 GRID = (0.5, 2.0)  # not the baseline's 0.1, so both runs train
-OTHER_PIPELINES = ("compare/", "results/", "sweep/")  # their own runs' metrics, not the main job's
+OTHER_PIPELINES = ("experiments/", "sweep/")  # their own runs' metrics, not the main job's
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def repo(tmp_path, mnist_dir):
     edit_params(repo, tiny)
     sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q -f", repo)
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
-    sh("dvc repro -q prepare && git add -A && git commit -qm 'prepared data'", repo)
+    sh("dvc repro -q neighbours && git add -A && git commit -qm 'prepared data'", repo)
     assert "data/raw" not in sh("git ls-files data", repo)
     return repo
 
@@ -79,7 +79,8 @@ def main_job_metric(exp, name):
 
 def test_queue_runs_a_grid_and_exp_show_reads_it(repo):
     # A code change queued with the runs is what they execute, not the working tree's code
-    # (which an editable install would otherwise import): the stages put their copy first.
+    # (which an editable install would otherwise import): `python -m stages.X` in the copy
+    # imports the copy's pipeline/, with no sys.path edit in the scripts.
     driver = repo / "pipeline/training/driver.py"
     driver.write_text(driver.read_text() + "\nprint('QUEUED-CODE-MARKER', flush=True)\n")
     out = sh("dvc exp run --queue dvc.yaml -S 'model.moe_vae.balancing_weight="

@@ -1,4 +1,5 @@
 """Stage scripts: bad input is one line on stderr, exit 1, before Ray starts."""
+import os
 import subprocess
 import sys
 
@@ -6,8 +7,11 @@ from tests.conftest import ROOT
 
 
 def run_stage(script, *args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    """`python -m stages.<script>`, as dvc.yaml runs it, from another folder: the
+    project root on PYTHONPATH stands in for the working directory."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", f"stages.{script.removesuffix('.py')}", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_unknown_param_key(tmp_path):
@@ -42,19 +46,41 @@ def test_missing_model_for_evaluate(tmp_path, tiny_shards):
     assert not (tmp_path / "live").exists()
 
 
-def test_preset_must_be_listed_in_its_set(tmp_path):
-    (tmp_path / "params.yaml").write_text("compare:\n  presets: [vae]\n")
-    r = run_stage("evaluate.py", "--set", "compare", "--preset", "gmm_vae", "--shards", "s",
+def test_an_unknown_preset_is_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments/index.yaml").write_text(
+        __import__("pipeline.experiments.index", fromlist=["render"]).render(
+            {"presets": {}, "runs": {}}))
+    r = run_stage("evaluate.py", "--preset", "gmm_vae", "--shards", "s",
                   "--model", "m.pt", "--live", "live", cwd=tmp_path)
-    assert r.returncode == 1 and "'gmm_vae' is not in compare.presets=['vae']" in r.stderr
+    assert r.returncode == 1 and r.stderr.strip() == ("error: preset params/gmm_vae.yaml not found; "
+                                                      "create it or fix the name")
 
 
-def test_table_names_the_missing_run(tmp_path):
-    (tmp_path / "params.yaml").write_text(f"compare:\n  presets: [vae]\n  presets_dir: {ROOT / 'params'}\n")
-    r = run_stage("table.py", "--set", "compare", "--runs", "m", "--markdown", "t.md", "--csv", "t.csv",
+def test_a_stale_index_is_one_line_naming_the_fix(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params/p.yaml").write_text("seeds: [0]\noverrides: {train.epochs: 2}\n")
+    r = run_stage("train.py", "--preset", "p", "--shards", "s", "--model", "m.pt", "--live", "live",
+                  "--record", "r.json", cwd=tmp_path)
+    assert r.returncode == 1 and "experiments/index.yaml is missing" in r.stderr
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments/index.yaml").write_text("presets: {}\n")
+    r = run_stage("train.py", "--preset", "p", "--shards", "s", "--model", "m.pt", "--live", "live",
+                  "--record", "r.json", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "error: experiments/index.yaml is out of date with params/; run "
+        "`python -m pipeline.experiments.index` and commit both")
+
+
+def test_table_names_the_missing_index(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    r = run_stage("table.py", "--runs", "m", "--archive", "a", "--markdown", "t.md", "--csv", "t.csv",
                   cwd=tmp_path)
-    assert r.returncode == 1 and "vae/seed0/train/metrics.json is missing" in r.stderr
-    assert "dvc repro compare/dvc.yaml" in r.stderr and not (tmp_path / "t.md").exists()
+    assert r.returncode == 1 and "python -m pipeline.experiments.index" in r.stderr
+    assert not (tmp_path / "t.md").exists()
 
 
 def test_yaml_syntax_error_is_one_line(tmp_path):

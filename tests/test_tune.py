@@ -12,7 +12,8 @@ import yaml
 from pipeline.core.errors import ConfigError
 
 from pipeline.params import load_params, params_from_dict, with_overrides
-from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS
+from pipeline.params.tune import LABEL_METRICS, TUNE_METRICS
+from pipeline.sweep.space import check_space
 from tests.conftest import ROOT
 
 MODEL = {"moe_vae": {"experts": 2}, "net": {"latent_dim": 2, "hidden": 16}}
@@ -159,8 +160,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     ({"latent_dim": {"choice": [2]}}, "keys are dotted params"),
 ])
 def test_bad_space_is_one_line_naming_the_entry(space, needle):
+    """The syntax fails as params.yaml loads, the values before the sweep's Ray starts."""
     with pytest.raises(ConfigError) as e:
-        params_from_dict({"tune": {"space": space}})
+        check_space(params_from_dict({"tune": {"space": space}}))
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
@@ -199,9 +201,10 @@ def test_stage_rejects_a_bad_space_in_one_line_before_ray(tmp_path):
     import sys
 
     (tmp_path / "params.yaml").write_text("tune:\n  space:\n    model.latnt_dim: {choice: [8]}\n")
-    r = subprocess.run([sys.executable, str(ROOT / "stages/tune.py"), "--shards", "s",
+    r = subprocess.run([sys.executable, "-m", "stages.tune", "--shards", "s",
                         "--table-dir", "sweep", "--plots", "p", "--metrics", "m.json"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "tune.space.model.latnt_dim" in r.stderr and "unknown key" in r.stderr
     assert "ray" not in r.stdout.lower() and not (tmp_path / "sweep").exists()
@@ -269,5 +272,5 @@ def test_a_trial_reuses_the_sweeps_side_input_only_where_its_key_is_the_same():
 def test_the_second_level_is_checked_before_a_sweep():
     space = {**HMOE_SPACE, "model.hmoe_vae.sub_experts": {"choice": [0, 2]}}
     with pytest.raises(ConfigError, match=r"tune.space.model.hmoe_vae.sub_experts value 0 is rejected"):
-        params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": space}})
-    params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": HMOE_SPACE}})  # builds
+        check_space(params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": space}}))
+    check_space(params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": HMOE_SPACE}}))

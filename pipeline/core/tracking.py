@@ -13,6 +13,7 @@ writer only: no dvc.yaml of its own (the stages declare theirs), no experiment s
 (`dvc exp run` does that), no report."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
@@ -55,3 +56,13 @@ def tensorboard_writer(logdir: Optional[str]):
     from tensorboardX import SummaryWriter
 
     return SummaryWriter(logdir=logdir, flush_secs=10)
+
+
+def move_summary(live_dir: Path, metrics: Optional[Path]) -> None:
+    """Move dvclive's summary (live_dir/metrics.json) to `metrics`, if given: an experiment
+    run keeps its metrics in git and its dvclive folder (plots) in the DVC cache, and DVC
+    outputs cannot nest."""
+    if metrics is None:
+        return
+    Path(metrics).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(Path(live_dir) / "metrics.json", metrics)  # atomic on one filesystem

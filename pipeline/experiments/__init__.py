@@ -1,3 +1,4 @@
-"""Experiments: named presets (params/<name>.yaml) run over seeds and summarised in one
-table. The comparison of kinds (compare/dvc.yaml) and the results table
-(results/dvc.yaml) are two sets of this one mechanism (config.py, presets.py, table.py)."""
+"""Experiments: named presets (params/<name>.yaml, each on the code's defaults or on
+another preset through `extends:`) run over the seeds each names, and summarised in one
+table beside the archived runs of older code (presets.py, index.py, table.py;
+experiments/dvc.yaml runs them)."""

@@ -1,38 +1,51 @@
-"""One row per preset, mean +- std over seeds, from the runs' own metrics files.
+"""One table of every preset's runs, mean +- std over seeds, from the runs' own metrics.
 
-Reads <set>/runs/<preset>/seed<S>/{train,evaluate}/metrics.json (dvclive's summaries)
-and train_run.json, written by the train and evaluate stages of <set>/dvc.yaml, so every
-number in the table comes from the stages.
+Two kinds of row, each saying where it came from:
+- current: the runs experiments/dvc.yaml made on this commit's code, read from
+  experiments/runs/<preset>/seed<S>/{train,evaluate}.json and train_run.json;
+- historical: runs recorded on older code (experiments/archive/runs/, listed with the
+  commit that recorded each in experiments/archive/index.yaml). No stage makes them, so
+  nothing reruns them by accident.
+No number is typed in: the table stage writes every figure from those files.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
+import yaml
 
 from pipeline.core.errors import DataError
 from pipeline.core.io import write_rows_csv, write_text
-from pipeline.experiments.config import ExperimentsConfig
-from pipeline.experiments.presets import load_preset
-from pipeline.params import variant
+
+
+def read_yaml(path: Path) -> dict:
+    if not Path(path).exists():
+        raise DataError(f"{path} is missing; run `python -m pipeline.experiments.index`")
+    return yaml.safe_load(Path(path).read_text()) or {}
 
 
 def run_dir(runs_dir: Path, preset: str, seed: int) -> Path:
     return Path(runs_dir) / preset / f"seed{seed}"
 
 
-def read_run_metrics(path: Path, how: str) -> Dict[str, dict]:
-    """{"train": ..., "evaluate": ...} of one run; a missing file says `how` to make it."""
+def read_run(path: Path) -> Optional[Dict[str, dict]]:
+    """{"train": ..., "evaluate": ...} of one run, or None where it has not run yet.
+    Current runs keep train.json / evaluate.json; archived ones dvclive's
+    train/metrics.json / evaluate/metrics.json (and, before the run record, their wall
+    time and hardware in train/metrics.json)."""
     found = {}
     for source in ("train", "evaluate"):
-        file = Path(path) / source / "metrics.json"
-        if not file.exists():
-            raise DataError(f"{file} is missing; {how}")
-        found[source] = json.loads(file.read_text())
-    record = Path(path) / "train_run.json"  # wall time and hardware; runs made before the
-    if record.exists():                     # record existed kept them in train.json
+        for file in (path / f"{source}.json", path / source / "metrics.json"):
+            if file.exists():
+                found[source] = json.loads(file.read_text())
+                break
+        else:
+            return None
+    record = path / "train_run.json"
+    if record.exists():
         found["train"].update({k: v for k, v in json.loads(record.read_text()).items()
                                if k in ("train_seconds", "hardware")})
     return found
@@ -43,41 +56,48 @@ def sample_std(values: List[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def table_rows(runs_dir: Path, cfg: ExperimentsConfig, set_name: str,
-               kinds: Dict[str, Tuple[str, str]]) -> List[Dict]:
-    """One row per preset of `cfg`, aggregated over cfg.seeds (sample std, n - 1: with 3
-    seeds the population std would understate the spread by a fifth). `kinds` maps each
-    preset to its (model.kind, model.likelihood.name). A preset with some of its seeds not
-    run yet (`dvc repro -s` of single runs, then the table) gets a row over the runs it
-    has, marked "n=2 of 3"; one with none is an error."""
+def row(preset: str, info: dict, runs: List[Dict[str, dict]], of_seeds: int, source: str) -> Dict:
+    """One table row over `runs` (sample std, n - 1: with 3 seeds the population std
+    would understate the spread by a fifth)."""
+    train, evaluate = [r["train"] for r in runs], [r["evaluate"] for r in runs]
+    acc = [e["cluster_accuracy"] for e in evaluate]
+    nll = [-e["test_log_likelihood"] for e in evaluate]
+    return {
+        "preset": preset, "kind": info["kind"], "recipe": info["description"], "source": source,
+        "seeds": len(runs), "of_seeds": of_seeds,
+        "cluster_accuracy_mean": float(np.mean(acc)), "cluster_accuracy_std": sample_std(acc),
+        "nmi_mean": float(np.mean([e.get("nmi", float("nan")) for e in evaluate])),
+        "nll_mean": float(np.mean(nll)), "nll_std": sample_std(nll), "likelihood": info["likelihood"],
+        "ll_images": evaluate[0].get("ll_images", ""), "iw_samples": evaluate[0].get("iw_samples", ""),
+        "epochs": train[0]["epochs"],
+        "train_minutes": float(np.mean([t["train_seconds"] for t in train]) / 60),
+        "hardware": "; ".join(dict.fromkeys(t.get("hardware", "unknown") for t in train)),
+    }
+
+
+def table_rows(index: dict, runs_dir: Path, archive_dir: Path) -> List[Dict]:
+    """The current rows (every preset of the index with seeds; one with some seeds not
+    run yet is marked "n=2 of 3", one with none is left out), then the historical ones."""
     rows = []
-    for preset in cfg.presets:
-        description, _ = load_preset(Path(cfg.presets_dir) / f"{preset}.yaml")
-        runs, missing = [], []
-        for s in cfg.seeds:
-            try:
-                runs.append(read_run_metrics(run_dir(runs_dir, preset, s), f"run `dvc repro {set_name}/"
-                                             f"dvc.yaml` (it trains and evaluates every preset for every "
-                                             f"seed first)"))
-            except DataError as e:  # a seed not run yet: the row is over the others
-                missing.append(e)
-        if not runs:
-            raise missing[0]
-        train, evaluate = [r["train"] for r in runs], [r["evaluate"] for r in runs]
-        acc = [e["cluster_accuracy"] for e in evaluate]
-        nll = [-e["test_log_likelihood"] for e in evaluate]
-        kind, likelihood = kinds[preset]
-        rows.append({
-            "preset": preset, "kind": kind, "recipe": description, "seeds": len(runs),
-            "cluster_accuracy_mean": float(np.mean(acc)), "cluster_accuracy_std": sample_std(acc),
-            "nmi_mean": float(np.mean([e.get("nmi", float("nan")) for e in evaluate])),
-            "nll_mean": float(np.mean(nll)), "nll_std": sample_std(nll), "likelihood": likelihood,
-            "ll_images": evaluate[0].get("ll_images", ""), "iw_samples": evaluate[0].get("iw_samples", ""),
-            "epochs": train[0]["epochs"],
-            "train_minutes": float(np.mean([t["train_seconds"] for t in train]) / 60),
-            "hardware": "; ".join(dict.fromkeys(t.get("hardware", "unknown") for t in train)),
-            "of_seeds": len(cfg.seeds),
-        })
+    for preset, info in index["presets"].items():
+        if not info["seeds"]:
+            continue
+        runs = [r for r in (read_run(run_dir(runs_dir, preset, s)) for s in info["seeds"]) if r]
+        if runs:
+            rows.append(row(preset, info, runs, len(info["seeds"]), "current"))
+    archive = Path(archive_dir) / "index.yaml"
+    if not archive.exists():
+        return rows
+    for preset, info in read_yaml(archive).get("presets", {}).items():
+        runs = []
+        for seed in info["commits"]:
+            run = read_run(run_dir(Path(archive_dir) / "runs", preset, seed))
+            if run is None:
+                raise DataError(f"{archive}: {preset} seed {seed} has no metrics under "
+                                f"{archive_dir}/runs; restore them or drop the entry")
+            runs.append(run)
+        commits = ", ".join(dict.fromkeys(info["commits"].values()))
+        rows.append(row(preset, info, runs, len(runs), f"historical @ {commits}"))
     return rows
 
 
@@ -88,7 +108,7 @@ def mean_std(mean: float, std: float, n: int, digits: int) -> str:
 
 def markdown(rows: List[Dict]) -> str:
     head = ("| preset | kind | recipe | cluster accuracy (mean ± std) | NMI | NLL, nats (mean ± std) "
-            "| likelihood | epochs | train min / seed | hardware |")
+            "| likelihood | epochs | train min / seed | hardware | runs |")
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
         acc = mean_std(r["cluster_accuracy_mean"], r["cluster_accuracy_std"], r["seeds"], 4)
@@ -97,20 +117,30 @@ def markdown(rows: List[Dict]) -> str:
         lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={n}) | "
                      f"{r['nmi_mean']:.4f} | {nll} | {r['likelihood']} ({r['ll_images']} images × "
                      f"{r['iw_samples']} samples) | {r['epochs']} | {r['train_minutes']:.1f} | "
-                     f"{r['hardware']} |")
+                     f"{r['hardware']} | {r['source']} |")
     return "\n".join(lines) + "\n"
 
 
-def write_table(params, set_name: str, runs_dir: Path, md: Path, csv: Path) -> str:
-    """<set>/table.md and table.csv of experiment set `set_name` ('compare' | 'results')
-    of `params` (a pipeline.params.Params); returns the markdown."""
-    cfg: ExperimentsConfig = getattr(params, set_name)
-    kinds = {}
-    for preset in cfg.presets:
-        model = variant(params, set_name, preset, cfg.seeds[0]).model
-        kinds[preset] = (model.kind, model.likelihood.name)
-    rows = table_rows(runs_dir, cfg, set_name, kinds)
-    text = markdown(rows)
+def compact(rows: List[Dict]) -> str:
+    """The current rows as the README shows them: accuracy, NMI, NLL and minutes a seed."""
+    lines = ["| preset | kind | cluster accuracy | NMI | NLL, nats | train min / seed | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = mean_std(r["cluster_accuracy_mean"], r["cluster_accuracy_std"], r["seeds"], 4)
+        nll = mean_std(r["nll_mean"], r["nll_std"], r["seeds"], 2)
+        n = r["seeds"] if r["of_seeds"] == r["seeds"] else f"{r['seeds']} of {r['of_seeds']}"
+        lines.append(f"| `{r['preset']}` | {r['kind']} | {acc} | {r['nmi_mean']:.4f} | {nll} | "
+                     f"{r['train_minutes']:.1f} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(index: dict, runs_dir: Path, archive_dir: Path, md: Path, csv: Path) -> str:
+    """experiments/table.md and table.csv; returns the markdown."""
+    rows = table_rows(index, runs_dir, archive_dir)
+    current = [r for r in rows if r["source"] == "current"]
+    text = ("## Current: run by experiments/dvc.yaml on this commit's code\n\n" + markdown(current)
+            + "\n## Historical: recorded on older code (the commit in the last column), never rerun\n\n"
+            + markdown([r for r in rows if r["source"] != "current"]))
     write_rows_csv(csv, rows)
     write_text(md, text)
     return text

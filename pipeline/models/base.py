@@ -37,10 +37,12 @@ class GenerativeModel(nn.Module):
         keys relative to `model`); its own block checks itself in __post_init__."""
 
     @classmethod
-    def side_input(cls, cfg: Any, pixels: torch.Tensor) -> Optional[torch.Tensor]:
+    def side_input(cls, cfg: Any, pixels: torch.Tensor,
+                   neighbours: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """(N, ...) per-image data that training passes to forward beside each batch, made
         once from the (N, D) uint8 training pixels, label-free (the MoE-VAE: each image's
-        VAT radius); None (the default): forward(x) alone."""
+        VAT radius), reading `neighbours` ((N, k) distances of the neighbours stage, or
+        None) where it can; None (the default): forward(x) alone."""
         return None
 
     @classmethod

@@ -24,12 +24,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.core.distributed import distributed, global_batch_sum, sum_over_ranks
+from pipeline.core.distributed import global_batch_sum
 from pipeline.core.errors import check, positive_int
+from pipeline.data.neighbours import knn_distances
 from pipeline.core.schema import param
 from pipeline.models.blocks import ACTIVATION_MODULES, ConvEncoder, NetConfig, encoder, mlp
 
@@ -197,27 +197,18 @@ def vat_loss(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return _kl_from(log_p, f(x + eps * _unit(grad)))
 
 
-@torch.no_grad()
+def radius_from(distances: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) each image's distance to its k-th neighbour over the median of those distances
+    (`distances`: (N, >= k) from knn_distances): 1 for a typical image, less in dense
+    regions. IMSAT sets each image's VAT radius this way (its 10th neighbour), so a
+    perturbation stays inside the image's own neighbourhood."""
+    d = distances[:, k - 1]
+    return d / d.median().clamp_min(1e-12)
+
+
 def knn_radius(pixels: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    """(N,) each row's Euclidean distance to its k-th nearest other row of the (N, D) uint8
-    grey `pixels` (scaled to [0, 1]), over the median of those distances: 1 for a typical
-    image, less in dense regions. IMSAT sets each image's VAT radius this way (its 10th
-    neighbour), so a perturbation stays inside the image's own neighbourhood. Exact, as
-    chunks of rows against all N: one GEMM of N x N x D (MNIST on 2 CPU cores: about a
-    minute). Under DDP each of R ranks does N/R of the rows; one all-reduce shares them."""
-    x = pixels.float().div(255)
-    sq = (x * x).sum(1)  # (N,)
-    n = len(x)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
-    per = -(-n // world)
-    out = torch.zeros(n, device=x.device)  # other ranks' rows stay 0 until the sum
-    for i in range(rank * per, min(n, (rank + 1) * per), chunk):
-        q = x[i:min(i + chunk, (rank + 1) * per)]
-        d2 = sq[i:i + len(q), None] - 2 * q @ x.t() + sq[None]  # (c, N) squared distances
-        d2[torch.arange(len(q)), torch.arange(i, i + len(q))] = float("inf")  # not itself
-        out[i:i + len(q)] = d2.topk(k, dim=1, largest=False).values[:, -1].clamp_min(0).sqrt()
-    out = sum_over_ranks(out)  # every rank's rows, exactly (the others add zeros)
-    return out / out.median().clamp_min(1e-12)
+    """(N,) radius_from(knn_distances(pixels, k), k): computed here, not read from the cache."""
+    return radius_from(knn_distances(pixels, k, chunk), k)
 
 
 def random_affine(x: torch.Tensor, side: int = 28, rotate: float = 12.0, shear: float = 0.0,

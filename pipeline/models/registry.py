@@ -63,10 +63,10 @@ def build_model(cfg) -> GenerativeModel:
     return KINDS[cfg.kind].model(cfg)
 
 
-def side_input(cfg, pixels):
-    """The kind's per-image training input from the (N, D) uint8 pixels, or None
-    (GenerativeModel.side_input)."""
-    return KINDS[cfg.kind].model.side_input(cfg, pixels)
+def side_input(cfg, pixels, neighbours=None):
+    """The kind's per-image training input from the (N, D) uint8 pixels and the cached
+    (N, k) neighbour distances (or None), or None (GenerativeModel.side_input)."""
+    return KINDS[cfg.kind].model.side_input(cfg, pixels, neighbours)
 
 
 def side_key(cfg):

@@ -17,7 +17,7 @@ from pipeline.core.figures import plt
 from pipeline.core.io import save_figure, write_json, write_text
 from pipeline.core.schema import apply_overrides
 from pipeline.params import Params
-from pipeline.sweep.space import TUNE_METRICS
+from pipeline.params.tune import TUNE_METRICS
 
 
 def _best(values: List[float], mode: str) -> float:

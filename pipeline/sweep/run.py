@@ -29,11 +29,13 @@ from pipeline.core.errors import ConfigError, DataError, TrainError
 from pipeline.core.storage import filesystem, join, resolve_storage
 from pipeline.core.schema import apply_overrides, to_dict
 from pipeline.data.load import load_split, read_manifest
+from pipeline.data.neighbours import read_neighbours
 from pipeline.evaluation.likelihood import iw_log_likelihood
 from pipeline.evaluation.metrics import cluster_scores, prepare_test
 from pipeline.models.registry import build_model, side_input, side_key
 from pipeline.params import Params, params_from_dict
-from pipeline.sweep.space import LABEL_METRICS, TUNE_METRICS, param_space, trial_count
+from pipeline.params.tune import LABEL_METRICS, TUNE_METRICS
+from pipeline.sweep.space import check_space, param_space, trial_count
 from pipeline.training.loop import (NonFiniteLossError, compiled, load_state, make_optimizer,
                                     save_state, set_deterministic, train_epoch)
 
@@ -59,6 +61,7 @@ class TrialSetup:
     use_gpu: bool
     side_key: Optional[tuple] = None  # the base params' side input, made once for every
     side: Optional[torch.Tensor] = None  # trial whose side_key is the same (CPU, (N_train, ...))
+    neighbours: Optional[torch.Tensor] = None  # the neighbours stage's (N_train, k), for the rest
 
 
 @torch.no_grad()
@@ -97,7 +100,8 @@ def trial_side(params: Params, setup: TrialSetup, pixels: torch.Tensor) -> Optio
     side_key is the base params' (a swept lr or weight), else the trial's own."""
     if setup.side_key is not None and side_key(params.model) == setup.side_key:
         return setup.side.to(pixels.device)
-    return side_input(params.model, pixels)
+    cached = setup.neighbours
+    return side_input(params.model, pixels, cached if cached is None else cached.to(pixels.device))
 
 
 def run_trial(config: dict, setup: TrialSetup) -> None:
@@ -172,9 +176,14 @@ def _state_readable(uri: str) -> bool:
         return False
 
 
-def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
+def run_sweep(params: Params, shard_dir: Path, log: Log = print,
+              neighbours: Optional[Path] = None) -> List[dict]:
     """Run (or resume) the sweep; return one dict per trial: {"trial", "config", "status",
-    "error", "history": [per-epoch rows]}. Raises SweepInterrupted if it did not end."""
+    "error", "history": [per-epoch rows]}. Raises SweepInterrupted if it did not end.
+    `neighbours`: the neighbours stage's folder; the trials read its distances (their
+    training rows' part: a held-out image can be a training image's neighbour, as pixels
+    only, never as a label) instead of computing them."""
+    check_space(params)  # every value of tune.space builds valid params: before any Ray work
     if params.train.restarts > 1:
         raise ConfigError(f"params.yaml: train.restarts={params.train.restarts} is for the train "
                           f"stage; a sweep trains each trial once, so set it to 1 for sweeps")
@@ -205,15 +214,17 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print) -> List[dict]:
         raise ConfigError(f"params.yaml: tune.grace_period={cfg.grace_period} exceeds the "
                           f"{epochs} epochs per trial; lower it or raise tune.epochs")
     key, side = side_key(params.model), None
+    cached = read_neighbours(neighbours, shard_dir)
+    cached = cached if cached is None else cached[:n - cfg.val_rows]
     if key is not None:  # the base params' side input, once instead of once per trial
         t0 = time.perf_counter()
         pixels = torch.from_numpy(load_split(shard_dir, "train").pixels[:n - cfg.val_rows].copy())
-        side = side_input(params.model, pixels)
+        side = side_input(params.model, pixels, cached)
         log(f"tune: side input {key} for every trial that shares it: {time.perf_counter() - t0:.0f}s")
     setup = TrialSetup(base=to_dict(params), shard_dir=str(shard_dir), epochs=epochs,
                        val_rows=cfg.val_rows, val_iw_samples=cfg.val_iw_samples,
                        threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0,
-                       side_key=key, side=side)
+                       side_key=key, side=side, neighbours=cached)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial})
     total = trial_count(cfg.space, cfg.search, cfg.num_samples)

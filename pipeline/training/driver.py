@@ -18,6 +18,7 @@ from pipeline.core.io import atomic_path, write_json
 from pipeline.core.schema import to_dict
 from pipeline.core.storage import delete_tree, join, resolve_storage
 from pipeline.data.load import read_manifest
+from pipeline.data.neighbours import read_neighbours
 from pipeline.params import Params
 from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE
 from pipeline.training.worker import checkpoints, registered_history, train_loop_per_worker
@@ -114,12 +115,16 @@ def fit_interruptibly(trainer, tick: Callable[[], None] = lambda: None, every: f
 
 
 def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print,
-        live_dir: Optional[Path] = None) -> dict:
+        live_dir: Optional[Path] = None, neighbours: Optional[Path] = None) -> dict:
     """Train with Ray Train; return the final state {"model", "history", ...}. The epochs'
     losses are logged as they come into the dvclive folder `live_dir` (if given) and, with
-    train.tensorboard, into <train.storage_path>/tensorboard/<run name>."""
+    train.tensorboard, into <train.storage_path>/tensorboard/<run name>. `neighbours`: the
+    neighbours stage's folder, read by a model that needs them instead of computing them."""
     shard_dir = Path(shard_dir).resolve()
     manifest = check_before_ray(params, shard_dir)
+    if neighbours is not None:
+        read_neighbours(neighbours, shard_dir)  # made from these shards: checked before Ray
+        neighbours = Path(neighbours).resolve()
     from pipeline.core.ray_env import QUIET_ENV, init_ray  # sets Ray's env before its import
 
     log(init_ray())
@@ -150,7 +155,7 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"params": to_dict(params), "shard_dir": str(shard_dir), "threads": threads,
-                           "run_dir": run_dir},
+                           "run_dir": run_dir, "neighbours": neighbours and str(neighbours)},
         # local: rendezvous through a file and loopback sockets only (loopback.py)
         torch_config=LoopbackTorchConfig(backend=backend) if local else TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(num_workers=tcfg.num_workers, use_gpu=use_gpu,

@@ -27,6 +27,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.storage import filesystem, join
 from pipeline.data.load import load_split
 from pipeline.models.base import GenerativeModel
+from pipeline.data.neighbours import read_neighbours
 from pipeline.models.registry import build_model, side_input
 from pipeline.params import params_from_dict
 from pipeline.training.loop import (compiled, component_snapshot, describe_environment,
@@ -123,7 +124,8 @@ def _train(config: dict) -> None:
         raise PipelineError(problem)
     batch, steps = tcfg.worker_batch, pixels.shape[0] // tcfg.global_batch
     t0 = time.perf_counter()
-    side = side_input(params.model, pixels)  # e.g. each image's VAT radius (knn), label-free
+    cached = read_neighbours(config.get("neighbours") and Path(config["neighbours"]), shard_dir)
+    side = side_input(params.model, pixels, cached if cached is None else cached.to(device))
     side_seconds = time.perf_counter() - t0  # part of the recipe's time (the run record)
     hardware = describe_hardware(device, world, config["threads"])  # once, not every epoch
     environment = describe_environment(device, config["threads"])

@@ -37,7 +37,7 @@ from pipeline.models.base import GenerativeModel, Kind
 from pipeline.models.blocks import decoder, encoder
 from pipeline.models.distributions import kl_std_normal, log_normal, log_std_normal
 from pipeline.models.manager import (ManagerConfig, balancing_loss, build_manager, check_manager_input,
-                                     knn_radius, manager_terms, wants_radius)
+                                     knn_radius, manager_terms, radius_from, wants_radius)
 from pipeline.models.routing import routed_expert_loss
 
 
@@ -115,10 +115,17 @@ class MoEVAE(GenerativeModel):
         return self
 
     @classmethod
-    def side_input(cls, cfg, pixels: torch.Tensor) -> Optional[torch.Tensor]:
-        """Each training image's VAT radius scale with consistency_radius: knn (hmoe_vae too)."""
+    def side_input(cls, cfg, pixels: torch.Tensor,
+                   neighbours: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Each training image's VAT radius scale with consistency_radius: knn (hmoe_vae
+        too), from the cached neighbour distances where they reach consistency_knn."""
         manager = cfg.spec.manager
-        return knn_radius(pixels, manager.consistency_knn) if wants_radius(manager) else None
+        if not wants_radius(manager):
+            return None
+        k = manager.consistency_knn
+        if neighbours is not None and neighbours.shape[1] >= k:
+            return radius_from(neighbours, k)
+        return knn_radius(pixels, k)
 
     @classmethod
     def side_key(cls, cfg) -> Optional[tuple]:

@@ -1,4 +1,5 @@
-"""The `tune` section of params.yaml: what a sweep searches and how."""
+"""The `tune` section of params.yaml: what a sweep searches and how, and the syntax of
+tune.space (pipeline/sweep/space.py turns it into Ray Tune domains)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +7,39 @@ from typing import Any, Optional
 
 from pipeline.core.errors import check
 from pipeline.core.schema import param
-from pipeline.sweep.space import TUNE_METRICS, check_dim
+
+# tune.metric -> the direction that is better. The label metrics are reported for every
+# trial but select only when tune.metric names them (see docs/sweeps.md).
+TUNE_METRICS = {"val_log_likelihood": "max", "val_loss": "min",
+                "cluster_accuracy": "max", "nmi": "max"}
+LABEL_METRICS = ("cluster_accuracy", "nmi")
+SPACE_KINDS = ("loguniform", "uniform", "choice", "grid")
+# Keys a trial ignores or that the sweep owns (tune.epochs is the per-trial budget).
+UNSWEEPABLE = ("train.epochs", "train.num_workers", "train.use_gpu", "train.storage_path",
+               "train.max_failures", "train.tensorboard", "train.restarts", "train.restart_epochs",
+               "model.kind")
+
+
+def check_dim(key: Any, spec: Any, search: str) -> None:
+    """Syntax of one tune.space entry; check_space then tries its values on real Params."""
+    where = f"space.{key}"  # relative: TuneConfig is built under "tune"
+    check(isinstance(key, str) and "." in key and all(key.split(".")), "space", key,
+          "keys are dotted params such as model.net.latent_dim")
+    check(key.split(".")[0] in ("model", "train"), "space", key,
+          "only model.* and train.* keys change what a trial trains")
+    check(key not in UNSWEEPABLE, "space", key,
+          "a trial ignores it or the sweep sets it (use tune.epochs for the epoch budget)")
+    ok = isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SPACE_KINDS
+    check(ok, where, spec, f"use one of {list(SPACE_KINDS)}, e.g. {{choice: [8, 20]}}")
+    kind, values = next(iter(spec.items()))
+    check(isinstance(values, list) and len(values) >= 1, where, spec, "give a non-empty list")
+    if kind in ("loguniform", "uniform"):
+        check(len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       for v in values) and values[0] < values[1],
+              where, spec, f"{kind} needs [low, high] numbers with low < high")
+        check(kind == "uniform" or values[0] > 0, where, spec, "loguniform needs low > 0")
+        check(search != "grid", where, spec,
+              "tune.search=grid crosses lists only; use choice/grid here or tune.search=random")
 
 
 @dataclass(frozen=True)

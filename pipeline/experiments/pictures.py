@@ -1,0 +1,65 @@
+"""One picture of the current rows, side by side: each preset's random samples from its
+first seed's run, titled with that run's own clustering accuracy and NLL.
+
+    python -m pipeline.experiments.pictures --out docs/images/comparison_samples.png
+
+Reads the runs' cached evaluate pictures (experiments/cache/, `dvc pull
+experiments/dvc.yaml` where they are not here) and their metrics (experiments/runs/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.errors import DataError
+from pipeline.core.io import save_figure
+
+PICTURE = "evaluate/plots/images/samples.png"
+
+
+def comparison_figure(index: dict, runs_dir: Path, cache_dir: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    shown = [(name, info["seeds"][0]) for name, info in index["presets"].items() if info["seeds"]]
+    fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown), 3.1), squeeze=False)
+    for ax, (name, seed) in zip(axes[0], shown):
+        picture = Path(cache_dir) / name / f"seed{seed}" / PICTURE
+        metrics = Path(runs_dir) / name / f"seed{seed}" / "evaluate.json"
+        if not picture.exists() or not metrics.exists():
+            raise DataError(f"{picture} or {metrics} is missing; run or pull "
+                            f"experiments/dvc.yaml:run@{name}-{seed} first")
+        m = json.loads(metrics.read_text())
+        ax.imshow(mpimg.imread(picture), cmap="gray")
+        ax.set_title(f"{name}\naccuracy {m['cluster_accuracy']:.3f}, "
+                     f"{-m['test_log_likelihood']:.1f} nats", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--index", default="experiments/index.yaml")
+    p.add_argument("--runs", default="experiments/runs")
+    p.add_argument("--cache", default="experiments/cache")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    try:
+        fig = comparison_figure(yaml.safe_load(Path(args.index).read_text()), Path(args.runs),
+                                Path(args.cache))
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    save_figure(fig, Path(args.out))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
