@@ -255,7 +255,8 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
     kept = int(last.split("checkpoint after epoch ")[1].split()[0])
     assert kept >= 2  # the "epoch 2/10" line comes once its checkpoint is registered
     assert "Traceback" not in err and not (tmp_path / "m.pt").exists()
-    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from the checkpoint after epoch {kept}" in again.stdout
     assert json.loads((tmp_path / "live/metrics.json").read_text())["epochs"] == 10
