@@ -192,9 +192,11 @@ def test_the_comparison_picture_shows_each_current_preset(tmp_path):
     write(tmp_path, "q", {"overrides": {"train.epochs": 2}})  # no seeds: not shown
     index = build_index(tmp_path)
     runs, cache = tmp_path / "runs", tmp_path / "cache"
-    with pytest.raises(DataError, match="run@p-3"):
+    with pytest.raises(DataError, match="no preset's first seed has run"):
         comparison_figure(index, runs, cache)
     fake_run(run_dir(runs, "p", 3), 0.91, -99.5, 60)
+    with pytest.raises(DataError, match="dvc pull experiments/dvc.yaml:run@p-3"):
+        comparison_figure(index, runs, cache)
     (cache / "p/seed3" / PICTURE).parent.mkdir(parents=True)
     imsave(cache / "p/seed3" / PICTURE, np.zeros((8, 8)), cmap="gray")
     fig = comparison_figure(index, runs, cache)

@@ -1,5 +1,5 @@
 """One picture of the current rows, side by side: each preset's random samples from its
-first seed's run, titled with that run's own clustering accuracy and NLL.
+first seed's run (where it has run), titled with that run's own clustering accuracy and NLL.
 
     python -m pipeline.experiments.pictures --out docs/images/comparison_samples.png
 
@@ -28,14 +28,17 @@ def comparison_figure(index: dict, runs_dir: Path, cache_dir: Path):
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    shown = [(name, info["seeds"][0]) for name, info in index["presets"].items() if info["seeds"]]
+    shown = [(name, info["seeds"][0]) for name, info in index["presets"].items() if info["seeds"]
+             and (Path(runs_dir) / name / f"seed{info['seeds'][0]}" / "evaluate.json").exists()]
+    if not shown:
+        raise DataError(f"no preset's first seed has run under {runs_dir}; "
+                        f"run `dvc repro experiments/dvc.yaml` first")
     fig, axes = plt.subplots(1, len(shown), figsize=(2.6 * len(shown), 3.1), squeeze=False)
     for ax, (name, seed) in zip(axes[0], shown):
         picture = Path(cache_dir) / name / f"seed{seed}" / PICTURE
         metrics = Path(runs_dir) / name / f"seed{seed}" / "evaluate.json"
-        if not picture.exists() or not metrics.exists():
-            raise DataError(f"{picture} or {metrics} is missing; run or pull "
-                            f"experiments/dvc.yaml:run@{name}-{seed} first")
+        if not picture.exists():
+            raise DataError(f"{picture} is missing; `dvc pull experiments/dvc.yaml:run@{name}-{seed}`")
         m = json.loads(metrics.read_text())
         ax.imshow(mpimg.imread(picture), cmap="gray")
         ax.set_title(f"{name}\naccuracy {m['cluster_accuracy']:.3f}, "
