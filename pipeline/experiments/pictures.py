@@ -13,10 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from pipeline.core.errors import DataError
 from pipeline.core.io import save_figure
+from pipeline.experiments.table import read_yaml
 
 PICTURE = "evaluate/plots/images/samples.png"
 
@@ -56,8 +55,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     try:
-        fig = comparison_figure(yaml.safe_load(Path(args.index).read_text()), Path(args.runs),
-                                Path(args.cache))
+        fig = comparison_figure(read_yaml(Path(args.index)), Path(args.runs), Path(args.cache))
     except DataError as e:
         sys.exit(f"error: {e}")
     save_figure(fig, Path(args.out))
