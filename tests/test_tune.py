@@ -68,10 +68,15 @@ def test_tiny_sweep_over_the_three_params_writes_table_best_params_and_plots(
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["trials"] == metrics["finished"] == 3 and metrics["failed"] == 0
     assert metrics["best_val_log_likelihood"] == best["final_val_log_likelihood"]
+    # every objective is ranked against the (report-only) accuracy; 3 finished trials
+    assert set(metrics["objectives"]) == {"val_log_likelihood", "val_mutual_info", "val_loss"}
+    assert metrics["accuracy_max"] == table.final_cluster_accuracy.max()
+    assert (table.final_val_mutual_info.between(0, np.log(3) + 1e-6)).all()
+    assert (table.setup_seconds > 0).all() and (table.first_epoch_seconds > 0).all()
     curves = pd.read_csv(tmp_path / "plots/curves.csv")
     assert len(curves) == 6 and set(curves.epoch) == {1, 2}
     assert "model_moe_vae_balancing_weight" in pd.read_csv(tmp_path / "plots/trials.csv")
-    for png in ("metric_vs_params.png", "learning_curves.png"):
+    for png in ("metric_vs_params.png", "learning_curves.png", "objective_vs_accuracy.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 0
 
     out = capsys.readouterr().out
@@ -182,7 +187,7 @@ def test_bad_tune_settings_are_one_line(tune, needle):
 
 def test_default_objective_is_label_free_and_ignores_labels():
     from pipeline.models.registry import build_model
-    from pipeline.sweep.run import validate
+    from pipeline.sweep.trial import validate
 
     cfg = load_params(ROOT / "params.yaml").tune
     assert cfg.metric == "val_log_likelihood" and cfg.metric not in LABEL_METRICS
@@ -192,7 +197,8 @@ def test_default_objective_is_label_free_and_ignores_labels():
     labels = np.arange(40) % 10
     a = validate(model, x, labels, iw_samples=4, seed=0)
     b = validate(model, x, np.zeros(40, dtype=int), iw_samples=4, seed=0)
-    assert a["val_log_likelihood"] == b["val_log_likelihood"]  # labels cannot move it
+    for m in ("val_log_likelihood", "val_mutual_info", "val_loss"):
+        assert a[m] == b[m]  # labels cannot move a label-free objective
     assert b["cluster_accuracy"] != a["cluster_accuracy"] or b["nmi"] != a["nmi"]
 
 
@@ -251,7 +257,7 @@ def test_a_trial_reuses_the_sweeps_side_input_only_where_its_key_is_the_same():
     """The knn radii are made once per sweep (a minute of CPU for MNIST), not once per
     trial; a trial that sweeps what they depend on makes its own."""
     from pipeline.models.registry import side_input, side_key
-    from pipeline.sweep.run import TrialSetup, trial_side
+    from pipeline.sweep.trial import TrialSetup, trial_side
 
     def params(**manager):
         return params_from_dict({"model": {"moe_vae": {"manager": {
@@ -260,8 +266,9 @@ def test_a_trial_reuses_the_sweeps_side_input_only_where_its_key_is_the_same():
     pixels = torch.randint(0, 256, (40, 784), dtype=torch.uint8)
     base = params(consistency_knn=3)
     made = side_input(base.model, pixels)
-    setup = TrialSetup(base={}, shard_dir="", epochs=1, val_rows=0, val_iw_samples=1, threads=1,
-                       use_gpu=False, side_key=side_key(base.model), side=made)
+    setup = TrialSetup(base={}, pixels=pixels.numpy(), labels=np.zeros(40, np.uint8), epochs=1,
+                       val_rows=0, val_iw_samples=1, threads=1, use_gpu=False,
+                       side_key=side_key(base.model), side=made)
     assert trial_side(base, setup, pixels) is made
     other = trial_side(params(consistency_knn=5), setup, pixels)
     assert other.shape == made.shape and not torch.equal(other, made)
@@ -274,3 +281,76 @@ def test_the_second_level_is_checked_before_a_sweep():
     with pytest.raises(ConfigError, match=r"tune.space.model.hmoe_vae.sub_experts value 0 is rejected"):
         check_space(params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": space}}))
     check_space(params_from_dict({"model": {"kind": "hmoe_vae"}, "tune": {"space": HMOE_SPACE}}))
+
+
+def test_mutual_information_is_high_for_sure_even_clusters_and_zero_for_one():
+    from pipeline.sweep.trial import mutual_information
+
+    sure_even = torch.eye(4).repeat(5, 1)  # (20, 4): each image sure, clusters used evenly
+    assert mutual_information(sure_even) == pytest.approx(np.log(4))
+    assert mutual_information(torch.full((20, 4), 0.25)) == pytest.approx(0, abs=1e-9)  # unsure
+    one = torch.zeros(20, 4)
+    one[:, 0] = 1
+    assert mutual_information(one) == pytest.approx(0, abs=1e-9)  # collapsed onto one cluster
+
+
+def test_objective_check_ranks_each_objective_against_accuracy_with_its_sign():
+    from pipeline.sweep.report import objective_check, results_rows
+
+    def trial(i, acc, ll, mi, status="finished"):
+        row = {"epoch": 1, "val_log_likelihood": ll, "val_mutual_info": mi, "val_loss": -ll,
+               "cluster_accuracy": acc, "nmi": acc, "seconds": 1.0}
+        return {"trial": f"t{i}", "config": {}, "status": status, "error": "", "history": [row]}
+
+    # ll ranks the trials as accuracy does; mutual information the opposite way
+    trials = [trial(i, acc, ll, mi) for i, (acc, ll, mi) in
+              enumerate([(0.9, -100, 1.0), (0.8, -110, 1.5), (0.5, -120, 2.0), (0.95, -90, 0.5)])]
+    trials.append(trial(9, 0.99, float("nan"), float("nan"), status="failed"))
+    check = objective_check(trials, results_rows(trials, 1))
+    assert check["val_log_likelihood"]["spearman_epoch_1"] == 1.0
+    assert check["val_loss"]["spearman_final"] == 1.0  # lower loss is better: sign flipped
+    assert check["val_mutual_info"]["spearman_epoch_1"] == -1.0
+    assert check["val_log_likelihood"]["picked_accuracy"] == 0.95  # never the failed trial
+    assert check["val_mutual_info"]["picked_accuracy"] == 0.5
+
+
+MOVED = {}
+
+
+def hide_shards_once_loaded(line: str) -> None:
+    """Progress sink that moves the shards away as soon as the driver has read them (its
+    "N trials x up to" line): the trials must run on what the object store holds."""
+    if " trials x up to " in line and "src" in MOVED:
+        MOVED["src"].rename(MOVED["dst"])
+
+
+def test_trials_read_the_images_once_through_the_object_store_not_the_shards(
+        ray_session, tiny_shards, tmp_path):
+    import shutil
+
+    from pipeline.sweep.run import run_sweep
+
+    shards = tmp_path / "shards_copy"
+    shutil.copytree(tiny_shards, shards)
+    MOVED.update(src=shards, dst=tmp_path / "gone")
+    params = sweep_params(tmp_path, {"model.net.latent_dim": {"grid": [2, 3]}}, scheduler="fifo",
+                          epochs=1)
+    trials = run_sweep(params, shards, log=hide_shards_once_loaded)
+    assert not shards.exists() and (tmp_path / "gone").exists()
+    assert [t["status"] for t in trials] == ["finished", "finished"]
+    assert all(t["history"][0]["setup_seconds"] > 0 for t in trials)
+
+
+def test_a_sweep_whose_every_trial_failed_is_one_line_and_writes_nothing(
+        ray_session, tiny_shards, tmp_path):
+    from pipeline.core.errors import TrainError
+    from pipeline.sweep.run import run_sweep
+
+    params = sweep_params(tmp_path, {"train.lr": {"grid": [1e12, 1e13]}}, epochs=1)
+    trials = run_sweep(params, tiny_shards, log=lambda s: None)
+    assert [t["status"] for t in trials] == ["failed", "failed"]
+    with pytest.raises(TrainError) as e:
+        report(trials, params, tmp_path)
+    assert str(e.value).startswith("all 2 trials failed, e.g. non-finite loss") and "\n" not in str(e.value)
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "metrics.json").exists()
+

@@ -10,7 +10,7 @@ from pipeline.core.schema import param
 
 # tune.metric -> the direction that is better. The label metrics are reported for every
 # trial but select only when tune.metric names them (see docs/sweeps.md).
-TUNE_METRICS = {"val_log_likelihood": "max", "val_loss": "min",
+TUNE_METRICS = {"val_log_likelihood": "max", "val_mutual_info": "max", "val_loss": "min",
                 "cluster_accuracy": "max", "nmi": "max"}
 LABEL_METRICS = ("cluster_accuracy", "nmi")
 SPACE_KINDS = ("loguniform", "uniform", "choice", "grid")
@@ -52,8 +52,9 @@ class TuneConfig:
                            "model.moe_vae.experts": {"choice": [5, 10]}})
     search: str = param("random", "random (choice drawn, grid crossed) | grid (every choice crossed)")
     scheduler: str = param("asha", "asha (stop weak trials early on the per-epoch metric) | fifo")
-    metric: str = param("val_log_likelihood", "label-free: val_log_likelihood | val_loss; "
-                                              "cluster_accuracy | nmi select with labels (cheating)")
+    metric: str = param("val_log_likelihood", "label-free: val_log_likelihood | val_mutual_info "
+                                              "(I(x;k)) | val_loss; cluster_accuracy | nmi select "
+                                              "with labels (cheating)")
     num_samples: int = param(8, "random: trials drawn; grid: repeats of the whole grid")
     epochs: Optional[int] = param(5, "per-trial epoch budget (ASHA max_t); null = train.epochs")
     grace_period: int = param(1, "ASHA: epochs before a trial can be stopped")

@@ -3,7 +3,7 @@
 Imports Ray at module level, so import it only after `init_ray` (Ray reads its
 environment on first import). The callback is pickled into the sweep's state, so it is a
 module-level class and `log` must be picklable (a module-level function such as
-`pipeline.cli.log`; the builtin print works too, but not a lambda, which pytest's capture makes unpicklable).
+`pipeline.cli.log`; not a lambda, nor the builtin print, which Ray may replace mid-session).
 """
 from __future__ import annotations
 

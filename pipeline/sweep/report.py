@@ -2,6 +2,10 @@
 
 Input is `run_sweep`'s list of trials: {"trial", "config", "status", "error", "history"}.
 Selection follows Tune's default scope: a trial's *final* (last-epoch) metric.
+
+The report also checks the objectives against the labels, after the fact and for the
+reader only (`objective_check`): does each label-free metric rank the trials as the
+clustering accuracy does, and how well does the trial it would pick cluster?
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ from pipeline.core.figures import plt
 from pipeline.core.io import save_figure, write_json, write_text
 from pipeline.core.schema import apply_overrides
 from pipeline.params import Params
-from pipeline.params.tune import TUNE_METRICS
+from pipeline.params.tune import LABEL_METRICS, TUNE_METRICS
+
+LABEL_FREE = [m for m in TUNE_METRICS if m not in LABEL_METRICS]
+NAN = float("nan")
 
 
 def _best(values: List[float], mode: str) -> float:
@@ -36,11 +43,51 @@ def results_rows(trials: List[dict], max_t: int) -> List[Dict]:
                "epochs": len(hist) and hist[-1]["epoch"],
                "stopped_early": t["status"] == "stopped", "error": t["error"]}
         for m, mode in TUNE_METRICS.items():
-            row[f"final_{m}"] = hist[-1][m] if hist else float("nan")
-            row[f"best_{m}"] = _best([h[m] for h in hist], mode)
+            row[f"final_{m}"] = hist[-1].get(m, NAN) if hist else NAN
+            row[f"best_{m}"] = _best([h.get(m, NAN) for h in hist], mode)
         row["train_seconds"] = sum(h["seconds"] for h in hist)
+        # what a trial pays before its first step, and its first epoch (docs/sweeps.md)
+        row["setup_seconds"] = sum(_num(h.get("setup_seconds")) for h in hist)
+        row["first_epoch_seconds"] = hist[0]["seconds"] if hist else NAN
         rows.append(row)
     return rows
+
+
+def _num(v) -> float:
+    return 0.0 if v is None or v != v else float(v)
+
+
+def _spearman(pairs: List[tuple]) -> Optional[float]:
+    """Rank correlation of (objective, accuracy) pairs, NaNs dropped; None under 3 pairs
+    or when either side is constant."""
+    from scipy.stats import spearmanr
+
+    pairs = [(a, b) for a, b in pairs if a == a and b == b]
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return None
+    return round(float(spearmanr(*zip(*pairs)).statistic), 3)
+
+
+def objective_check(trials: List[dict], rows: List[Dict]) -> Dict:
+    """Per label-free metric m, with the sign of m flipped where lower is better so that
+    a positive number means "better m, better clustering":
+    - spearman_epoch_1: over every trial that trained an epoch (no scheduler bias: all
+      trials are compared after the same training);
+    - spearman_final: over the trials that ran every epoch;
+    - picked_accuracy: the final accuracy of the trial that m would pick (final scope).
+    Labels are read here for the report only; no choice in the sweep depends on it."""
+    ok = [t for t in trials if t["status"] != "failed" and t["history"]]
+    done = [r for r in rows if r["status"] == "finished"]
+    acc = "cluster_accuracy"
+    out = {}
+    for m in LABEL_FREE:
+        sign = 1 if TUNE_METRICS[m] == "max" else -1
+        first = [(sign * t["history"][0].get(m, NAN), t["history"][0].get(acc, NAN)) for t in ok]
+        final = [(sign * r[f"final_{m}"], r[f"final_{acc}"]) for r in done]
+        pick = best_row(rows, m)
+        out[m] = {"spearman_epoch_1": _spearman(first), "spearman_final": _spearman(final),
+                  "picked_accuracy": pick[f"final_{acc}"] if pick else None}
+    return out
 
 
 def best_row(rows: List[Dict], metric: str) -> Optional[Dict]:
@@ -113,16 +160,33 @@ def write_plots(trials: List[dict], rows: List[Dict], swept: List[str], metric: 
         ax.legend(fontsize=6, ncol=2)
     _save(fig, out_dir / "learning_curves.png")
 
+    # each label-free objective against the accuracy it is meant to predict (report only)
+    fig, axes = plt.subplots(1, len(LABEL_FREE), figsize=(3.6 * len(LABEL_FREE), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], LABEL_FREE):
+        for label, marker, pts in (
+                ("epoch 1, every trial", ".", [t["history"][0] for t in trials if t["history"]]),
+                ("final, full budget", "o", [t["history"][-1] for t in trials if t["status"] == "finished"])):
+            ax.scatter([p.get(m, NAN) for p in pts], [p.get("cluster_accuracy", NAN) for p in pts],
+                       marker=marker, label=label, alpha=0.7)
+        ax.set_xlabel(m + (" (chosen)" if m == metric else ""))
+    axes[0][0].set_ylabel("held-out cluster accuracy (report only)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("label-free objectives vs clustering accuracy, one dot a trial", fontsize=10)
+    _save(fig, out_dir / "objective_vs_accuracy.png")
+
 
 def _save(fig, path: Path) -> None:
     save_figure(fig, path)
     plt.close(fig)
 
 
-def sweep_metrics(rows: List[Dict], best: Optional[Dict], params: Params, seconds: float) -> Dict:
-    """metrics/tune.json: numbers only, so `dvc metrics diff` compares sweeps."""
+def sweep_metrics(rows: List[Dict], best: Optional[Dict], params: Params, seconds: float,
+                  check: Optional[Dict] = None) -> Dict:
+    """sweep/metrics.json: numbers only, so `dvc metrics diff` compares sweeps."""
     metric = params.tune.metric
     hours = seconds / 3600
+    accuracies = sorted(r["final_cluster_accuracy"] for r in rows
+                        if r["status"] != "failed" and r["final_cluster_accuracy"] == r["final_cluster_accuracy"])
     return {
         f"best_{metric}": best[f"final_{metric}"] if best else None,
         "best": {k: best[k] for k in params.tune.space} if best else {},
@@ -133,7 +197,20 @@ def sweep_metrics(rows: List[Dict], best: Optional[Dict], params: Params, second
         "epochs_trained": sum(r["epochs"] for r in rows),
         "sweep_seconds": round(seconds, 1),
         "trials_per_hour": round(len(rows) / hours, 1) if hours > 0 and not math.isinf(hours) else None,
+        "setup_seconds_median": _median([r["setup_seconds"] for r in rows if r["epochs"]]),
+        # report only: the labels, read after the sweep (objective_check)
+        "accuracy_max": accuracies[-1] if accuracies else None,
+        "accuracy_median": _median(accuracies),
+        "objectives": check or {},
     }
+
+
+def _median(values: List[float]) -> Optional[float]:
+    values = sorted(v for v in values if v == v)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return round(values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2, 4)
 
 
 def write_report(trials: List[dict], params: Params, seconds: float, table_dir: Path,
@@ -149,5 +226,5 @@ def write_report(trials: List[dict], params: Params, seconds: float, table_dir: 
     write_table(rows, table_dir / "table.csv")
     write_plots(trials, rows, swept, params.tune.metric, plots_dir)
     write_text(table_dir / "best_params.yaml", best_params_yaml(best, swept, params.tune.metric))
-    write_json(metrics_path, sweep_metrics(rows, best, params, seconds))
+    write_json(metrics_path, sweep_metrics(rows, best, params, seconds, objective_check(trials, rows)))
     return best

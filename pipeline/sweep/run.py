@@ -5,150 +5,39 @@ per trial: on a few cores a Train controller plus a worker actor per trial costs
 start-up time for no gain (one trial is one process either way), and plain functions let
 `tune.cpus_per_trial`/`tune.gpus_per_trial` (fractions allowed) pack trials directly.
 
-Objective (default `val_log_likelihood`, mode max): the importance-sampled log p(x) of the
-last `tune.val_rows` rows of the train split, which no trial trains on. The training loss
-is not comparable across trials (its balancing term scales with the swept weight); log
-p(x) is. Cluster accuracy / NMI on the same rows are reported as information only.
+Objective (`tune.metric`; label-free: `val_log_likelihood` or `val_mutual_info`, both
+maximised) on the last `tune.val_rows` rows of the train split, which no trial trains on;
+pipeline/sweep/trial.py defines them. The training loss is not comparable across trials
+(its balancing term scales with the swept weight). Cluster accuracy / NMI on the same rows
+are reported as information only, and the report ranks each objective against them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import logging
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
-import numpy as np
 import torch
 
 from pipeline.core.errors import ConfigError, DataError, TrainError
 from pipeline.core.storage import filesystem, join, resolve_storage
-from pipeline.core.schema import apply_overrides, to_dict
+from pipeline.core.schema import to_dict
 from pipeline.data.load import load_split, read_manifest
 from pipeline.data.neighbours import read_neighbours
-from pipeline.evaluation.likelihood import iw_log_likelihood
-from pipeline.evaluation.metrics import cluster_scores, prepare_test
-from pipeline.models.registry import build_model, side_input, side_key
-from pipeline.params import Params, params_from_dict
+from pipeline.models.registry import side_input, side_key
+from pipeline.params import Params
 from pipeline.params.tune import LABEL_METRICS, TUNE_METRICS
 from pipeline.sweep.space import check_space, param_space, trial_count
-from pipeline.training.loop import (NonFiniteLossError, compiled, load_state, make_optimizer,
-                                    save_state, set_deterministic, train_epoch)
+from pipeline.sweep.trial import DIVERGED, TrialSetup, run_trial
 
 Log = Callable[[str], None]
 
 
-DIVERGED = "diverged"  # the key of a trial's last row when its loss went non-finite
-
-
 class SweepInterrupted(TrainError):
     """The sweep stopped before every trial ended (Ctrl-C); rerunning continues it."""
-
-
-@dataclass(frozen=True)
-class TrialSetup:
-    """What every trial shares; the swept values arrive as Tune's `config`."""
-    base: dict  # to_dict(params) of params.yaml
-    shard_dir: str  # absolute: Tune runs trials in their own working directories
-    epochs: int
-    val_rows: int
-    val_iw_samples: int
-    threads: int
-    use_gpu: bool
-    side_key: Optional[tuple] = None  # the base params' side input, made once for every
-    side: Optional[torch.Tensor] = None  # trial whose side_key is the same (CPU, (N_train, ...))
-    neighbours: Optional[torch.Tensor] = None  # the neighbours stage's (N_train, k), for the rest
-
-
-@torch.no_grad()
-def validate(model, x: torch.Tensor, labels: np.ndarray, iw_samples: int, seed: int,
-             batch: int = 500) -> Dict[str, float]:
-    """Held-out scores of one model on (N, 784) prepared `x`. The same `seed` for every
-    trial and epoch gives common random numbers, so differences are less noisy."""
-    model.eval()
-    torch.manual_seed(seed)
-    ll, loss, probs = [], 0.0, []
-    for xb in x.split(batch):
-        ll.append(iw_log_likelihood(model, xb, iw_samples, iw_samples))  # (b,)
-        loss += float(model(xb)["loss"]) * len(xb)
-        p = model.cluster_probs(xb)  # (b, C) or None
-        if p is not None:
-            probs.append(p)
-    model.train()
-    out = {"val_log_likelihood": float(torch.cat(ll).mean()), "val_loss": loss / len(x),
-           "cluster_accuracy": float("nan"), "nmi": float("nan")}
-    if probs:
-        p = torch.cat(probs)
-        scores = cluster_scores(labels, p.argmax(1).cpu().numpy(), p.shape[1])
-        out.update(cluster_accuracy=scores["cluster_accuracy"], nmi=scores["nmi"])
-    return out
-
-
-def trial_params(base: dict, overrides: Dict[str, Any]) -> Params:
-    """Params of one trial: the base params dict with the trial's dotted overrides."""
-    raw = apply_overrides(base, overrides)
-    raw["tune"]["space"] = {}  # checked once, before the sweep
-    return params_from_dict(raw)
-
-
-def trial_side(params: Params, setup: TrialSetup, pixels: torch.Tensor) -> Optional[torch.Tensor]:
-    """The trial's side input on pixels' device: run_sweep's, made once, where the trial's
-    side_key is the base params' (a swept lr or weight), else the trial's own."""
-    if setup.side_key is not None and side_key(params.model) == setup.side_key:
-        return setup.side.to(pixels.device)
-    cached = setup.neighbours
-    return side_input(params.model, pixels, cached if cached is None else cached.to(pixels.device))
-
-
-def run_trial(config: dict, setup: TrialSetup) -> None:
-    """Tune function: train one configuration for `setup.epochs`, reporting each epoch."""
-    from ray import tune
-
-    logging.getLogger("ray").setLevel(logging.WARNING)  # "Checkpoint created" per epoch
-    params = trial_params(setup.base, config)
-    tcfg = params.train
-    torch.set_num_threads(setup.threads)
-    set_deterministic(tcfg.deterministic)  # before any CUDA work
-    device = torch.device("cuda" if setup.use_gpu and torch.cuda.is_available() else "cpu")
-    data = load_split(Path(setup.shard_dir), "train", with_labels=True)
-    n_train = len(data.pixels) - setup.val_rows  # rows [n_train:] are held out
-    pixels = torch.from_numpy(data.pixels[:n_train].copy()).to(device)  # batches drawn there
-    steps = n_train // tcfg.batch_size
-
-    torch.manual_seed(tcfg.seed)
-    model = build_model(params.model).to(device)
-    opt = make_optimizer(model, tcfg.lr)
-    step = compiled(model, tcfg.compile)
-    x_val = prepare_test(model, data.pixels[n_train:], params.evaluate.seed).to(device)
-    side = trial_side(params, setup, pixels)  # e.g. each image's VAT radius (knn), label-free
-    labels_val = data.labels[n_train:]
-    start = 0
-    ckpt = tune.get_checkpoint()
-    if ckpt:  # a resumed sweep continues this trial after its last finished epoch
-        start = load_state(ckpt, model, opt, device)["epoch"]
-    for epoch in range(start, setup.epochs):
-        t0 = time.perf_counter()
-        try:
-            scale = model.batch_scale(epoch)  # > 1: a phase on larger batches (expert_batch_scale)
-            b, n = tcfg.batch_size * scale, steps // scale  # this epoch's batch and steps
-            parts = train_epoch(step, model, opt, pixels, b, n, epoch, tcfg.seed, 0, device, side=side)
-        except NonFiniteLossError as e:
-            # Not transient: a retry from the last checkpoint (tune.max_failures) would
-            # diverge the same way. End the trial with a row that says so instead.
-            # No metric in it: ASHA skips such a row (and run_sweep lets Tune accept it).
-            tune.report({"epoch": epoch + 1, DIVERGED: str(e)})
-            return
-        seconds = time.perf_counter() - t0
-        val = validate(model, x_val, labels_val, setup.val_iw_samples, params.evaluate.seed)
-        row = {"epoch": epoch + 1, **parts, **val, "seconds": seconds,
-               "images_per_s": n * b / seconds}
-        with tempfile.TemporaryDirectory() as d:
-            save_state(d, model, opt, epoch + 1)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def sweep_name(params: Params, manifest: dict) -> str:
@@ -176,7 +65,14 @@ def _state_readable(uri: str) -> bool:
         return False
 
 
-def run_sweep(params: Params, shard_dir: Path, log: Log = print,
+def say(msg: str) -> None:
+    """run_sweep's default log. Not the builtin print itself: Ray's tqdm support may swap
+    builtins.print mid-session, and the saved reference would then no longer pickle
+    (the progress callback, holding `log`, is pickled into the sweep's state)."""
+    print(msg, flush=True)
+
+
+def run_sweep(params: Params, shard_dir: Path, log: Log = say,
               neighbours: Optional[Path] = None) -> List[dict]:
     """Run (or resume) the sweep; return one dict per trial: {"trial", "config", "status",
     "error", "history": [per-epoch rows]}. Raises SweepInterrupted if it did not end.
@@ -213,15 +109,17 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = print,
     if epochs < cfg.grace_period:
         raise ConfigError(f"params.yaml: tune.grace_period={cfg.grace_period} exceeds the "
                           f"{epochs} epochs per trial; lower it or raise tune.epochs")
+    # Read once here; with_parameters puts it in the object store, so a node fetches it
+    # once for all its trials (a trial's setup_seconds in the table shows what is left).
+    data = load_split(shard_dir, "train", with_labels=True)  # labels: validate's information only
     key, side = side_key(params.model), None
     cached = read_neighbours(neighbours, shard_dir)
     cached = cached if cached is None else cached[:n - cfg.val_rows]
     if key is not None:  # the base params' side input, once instead of once per trial
         t0 = time.perf_counter()
-        pixels = torch.from_numpy(load_split(shard_dir, "train").pixels[:n - cfg.val_rows].copy())
-        side = side_input(params.model, pixels, cached)
+        side = side_input(params.model, torch.from_numpy(data.pixels[:n - cfg.val_rows].copy()), cached)
         log(f"tune: side input {key} for every trial that shares it: {time.perf_counter() - t0:.0f}s")
-    setup = TrialSetup(base=to_dict(params), shard_dir=str(shard_dir), epochs=epochs,
+    setup = TrialSetup(base=to_dict(params), pixels=data.pixels, labels=data.labels, epochs=epochs,
                        val_rows=cfg.val_rows, val_iw_samples=cfg.val_iw_samples,
                        threads=max(1, int(cfg.cpus_per_trial)), use_gpu=cfg.gpus_per_trial > 0,
                        side_key=key, side=side, neighbours=cached)
