@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -31,6 +32,13 @@ TINY_PRESETS = {
                   "overrides": {"model.kind": "hmoe_vae", "model.hmoe_vae.experts": 2,
                                 "model.hmoe_vae.sub_experts": 2}},
     "tiny_recipe": {"description": "a recipe with no seeds: no run", "extends": "tiny_vae"},
+    # sweep/dvc.yaml's preset sweep, on the tiny data: 2 trials of 1 epoch
+    "sweep_gmm_vae": {"description": "a tiny sweep of the mixture prior's components",
+                      "extends": "tiny_vae", "overrides": {
+                          "model.kind": "gmm_vae", "tune.space": {"model.gmm_vae.components": {"grid": [2, 3]}},
+                          "tune.search": "grid", "tune.scheduler": "fifo", "tune.num_samples": 1,
+                          "tune.epochs": 1, "tune.val_rows": 100, "tune.val_iw_samples": 4,
+                          "tune.max_concurrent_trials": 1}},
 }
 
 
@@ -203,19 +211,51 @@ def test_experiments_and_sweep_pipelines(repo):
     assert stale == {"run@tiny_hmoe-0"}
     sh("git checkout -q -- params experiments/index.yaml", repo)
 
-    sh("dvc repro sweep/dvc.yaml", repo)
+    sh("dvc repro dvc.yaml sweep/dvc.yaml", repo)  # the main job too: dvc exp apply checks out its outputs
     tune = json.loads((repo / "sweep/metrics.json").read_text())
     assert tune["trials"] == 2 and (repo / "sweep/best_params.yaml").exists()
+    assert set(tune["objectives"]) == {"val_log_likelihood", "val_mutual_info", "val_loss"}
+    gmm = pd.read_csv(repo / "sweep/gmm_vae/table.csv")  # the preset sweep: the mixture count
+    assert sorted(gmm["model.gmm_vae.components"]) == [2, 3] and set(gmm.status) == {"finished"}
     for pipeline in ("experiments/dvc.yaml", "sweep/dvc.yaml", "dvc.yaml"):
         status = sh(f"dvc status {pipeline}", repo)
         assert "Data and pipelines are up to date" in status or pipeline == "dvc.yaml", status
 
+    # Every trial a DVC experiment, with its swept params and final metrics; apply the best.
+    sh("python -m pipeline.sweep.exps && python -m pipeline.sweep.exps --sweep sweep/gmm_vae "
+       "--preset sweep_gmm_vae", repo)
+    shown = json.loads(sh("dvc exp show --json", repo))
+    exps = {rev["name"]: rev["data"] for e in shown if e["rev"] != "workspace"
+            for exp in e.get("experiments") or [] for rev in exp["revs"]}
+    table = pd.read_csv(repo / "sweep/table.csv")
+    trials = {"sweep-" + t.rsplit("_", 1)[-1]: t for t in table.trial}
+    assert set(exps) == set(trials) | {"sweep_gmm_vae-00000", "sweep_gmm_vae-00001"}
+    swept = list(yaml.safe_load((repo / "params.yaml").read_text())["tune"]["space"])
+    for name, trial in trials.items():
+        row = table.set_index("trial").loc[trial]
+        params = exps[name]["params"]["params.yaml"]["data"]
+        for key in swept:
+            section, *path = key.split(".")
+            value = params[section]
+            for k in path:
+                value = value[k]
+            assert value == pytest.approx(row[key]), (name, key)
+        final = exps[name]["metrics"]["sweep/trial/metrics.json"]["data"]
+        assert final["val_log_likelihood"] == pytest.approx(row["final_val_log_likelihood"])
+    best = yaml.safe_load((repo / "sweep/best_params.yaml").read_text())
+    best_trial = (repo / "sweep/best_params.yaml").read_text().split()[3].rstrip(":")
+    sh(f"dvc exp apply sweep-{best_trial.rsplit('_', 1)[-1]}", repo)
+    applied = yaml.safe_load((repo / "params.yaml").read_text())
+    assert applied["model"]["moe_vae"] == {**applied["model"]["moe_vae"], **best["model"]["moe_vae"]}
+    assert applied["model"]["net"]["latent_dim"] == best["model"]["net"]["latent_dim"]
+
 
 def test_a_fresh_clone_after_dvc_repro_lists_only_what_the_remote_holds(repo, tmp_path):
     """The README's promise: clone, `dvc repro`, and `dvc status` shows only the
-    experiment runs' cached folders (one line each, `dvc pull` brings them) and the sweep
-    if it never ran; `dvc metrics show` and `dvc metrics diff` print no warning."""
-    sh("dvc repro && dvc repro experiments/dvc.yaml && git add -A && git commit -qm runs", repo)
+    experiment runs' and the sweeps' cached folders (one line each, `dvc pull` brings
+    them); `dvc metrics show` and `dvc metrics diff` print no warning."""
+    sh("dvc repro && dvc repro experiments/dvc.yaml sweep/dvc.yaml && git add -A && "
+       "git commit -qm runs", repo)
     clone = tmp_path / "fresh"
     sh(f"git clone -q {repo} {clone}", tmp_path)
     sh("dvc repro", clone)  # the README's command: the main job
@@ -229,14 +269,17 @@ def test_a_fresh_clone_after_dvc_repro_lists_only_what_the_remote_holds(repo, tm
         elif line.startswith("\t\t"):
             listed[stage].append(line.split())
     runs = {f"experiments/dvc.yaml:run@{r}" for r in ("tiny_hmoe-0", "tiny_moe-0", "tiny_moe-1", "tiny_vae-0")}
-    assert set(listed) - {"sweep/dvc.yaml:tune"} == runs, status  # the main job is done
-    for run in runs:  # one cached folder a run, nothing else pending
-        assert len(listed[run]) == 1 and listed[run][0][-1].startswith("experiments/cache/"), status
+    sweeps = {"sweep/dvc.yaml:tune": "sweep/plots", "sweep/dvc.yaml:tune_gmm_vae": "sweep/gmm_vae/plots"}
+    assert set(listed) == runs | set(sweeps), status  # the main job is done
+    for run in runs | set(sweeps):  # one cached folder each, nothing else pending
+        folder = sweeps.get(run, "experiments/cache/")
+        assert len(listed[run]) == 1 and listed[run][0][-1].startswith(folder), status
         assert listed[run][0][0] in ("not", "deleted:"), status
     for cmd in ("dvc metrics show", "dvc metrics diff"):
         r = subprocess.run(cmd, cwd=clone, shell=True, text=True, capture_output=True,
                            env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-        assert r.returncode == 0 and "failed" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+        # "DVC failed to load some metrics" (the sweeps' metrics have a key named "failed")
+        assert r.returncode == 0 and "failed to load" not in (r.stdout + r.stderr).lower(), r.stderr
         assert "WARNING" not in r.stderr, r.stderr
 
 

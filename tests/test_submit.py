@@ -73,6 +73,35 @@ def test_the_job_runs_an_experiment_that_dvc_exp_pull_brings_back(project, tmp_p
     assert diff["metrics.json"]["score"]["new"] == 0.5
 
 
+def test_a_sweep_job_brings_each_trial_back_as_an_experiment(project, tmp_path):
+    """`--trials sweep`: what a sweep's driver wrote on the cluster becomes one experiment
+    a trial, pushed beside the run's (a stand-in stage writes the sweep's outputs)."""
+    import pandas as pd
+
+    from tests.test_sweep_exps import CURVES, TABLE
+
+    fake = tmp_path / "fake_sweep"
+    fake.mkdir()
+    pd.DataFrame(TABLE).to_csv(fake / "table.csv", index=False)
+    pd.DataFrame(CURVES).to_csv(fake / "curves.csv", index=False)
+    (project / "params.yaml").write_text("p: 3\nmodel:\n  net:\n    latent_dim: 20\n"
+                                         "  moe_vae:\n    balancing_weight: 0.1\n")
+    (project / "dvc.yaml").write_text(DVC_YAML.replace("stages:", f"""stages:
+  tune:
+    cmd: mkdir -p sweep/plots && cp {fake}/table.csv sweep/ && cp {fake}/curves.csv sweep/plots/
+    outs: [{{sweep/table.csv: {{cache: false}}}}, {{sweep/plots/curves.csv: {{cache: false}}}}]"""))
+    sh("dvc repro fit && dvc push -q && git add -A && git commit -qm sweep && git push -q origin HEAD",
+       project)
+    cluster = upload(project, tmp_path / "cluster")
+    sh(f"{sys.executable} -m pipeline.cluster.job sw1 --trials sweep -- tune", cluster)
+
+    listed = sh("dvc exp list origin --name-only", project).stdout.split()
+    assert {"sw1", "sw1-00000", "sw1-00001", "sw1-00002"} <= set(listed)
+    sh("dvc exp pull origin sw1-00001 && dvc exp apply sw1-00001", project)
+    assert "balancing_weight: 0.5" in (project / "params.yaml").read_text()
+    assert json.loads((project / "sweep/trial/metrics.json").read_text())["cluster_accuracy"] == 0.9
+
+
 @pytest.mark.parametrize("breakage, message", [
     ("rm -rf .git", "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"),
     ("dvc remote modify shared url ../../moe-vae-dvc-remote", "does not exist there"),

@@ -2,8 +2,12 @@
 
     export RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__   # let .git travel
     ray job submit --working-dir . -- python -m pipeline.cluster.job NAME [--git-remote origin]
-        [--shared-dir DIR] [-- dvc exp run arguments, e.g. evaluate or -S train.epochs=5]
+        [--shared-dir DIR] [--trials sweep] [-- dvc exp run arguments, e.g. evaluate or -S train.epochs=5]
     dvc exp pull origin NAME && dvc exp apply NAME          # then, on your machine
+
+A sweep (`-- sweep/dvc.yaml`) with `--trials sweep` also brings its trials back: after the
+run, each becomes an experiment NAME-<trial> (pipeline.sweep.exps, the same as on a
+workstation) and is pushed with it; `dvc exp pull origin NAME-00003` fetches one.
 
 Ray uploads the project (git-ignored paths stay behind), streams the log and
 makes `ray job submit` exit non-zero when this does. DVC runs the experiment and moves it:
@@ -65,7 +69,8 @@ def check_remotes(root: Path, git_remote: str) -> None:
                        f"pass --git-remote with a name in .git/config or a URL the cluster can push to")
 
 
-def run(name: str, git_remote: str, shared_dir: Optional[str], exp_args: List[str]) -> int:
+def run(name: str, git_remote: str, shared_dir: Optional[str], exp_args: List[str],
+        trials: List[str] = ()) -> int:
     root = Path.cwd()
     check_remotes(root, git_remote)
     if shared_dir and not Path(shared_dir).is_dir():
@@ -83,6 +88,15 @@ def run(name: str, git_remote: str, shared_dir: Optional[str], exp_args: List[st
     rc = dvc("exp", "run", "--name", name, *exp_args).returncode
     if rc == 0:
         rc = dvc("exp", "push", git_remote, name).returncode
+    for spec in trials if rc == 0 else ():  # DIR or DIR=PRESET: a sweep's trials, on the run's workspace
+        from pipeline.sweep.exps import save_sweep
+
+        sweep_dir, _, preset = spec.partition("=")
+        names = save_sweep(Path(sweep_dir), preset or None,
+                           prefix=f"{name}-{preset}" if preset else name)
+        rc = dvc("exp", "push", git_remote, *names).returncode
+        if rc:
+            break
     if rc == 0:  # on failure the copy stays, to look into
         shutil.rmtree(copy if shared_dir else parent, ignore_errors=True)
     return rc
@@ -94,13 +108,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--git-remote", default="origin", help="git remote name or URL (default: origin)")
     p.add_argument("--shared-dir", help="run from DIR/NAME, a folder every node mounts (for >1 node; "
                                         "default: a temporary folder on the head)")
+    p.add_argument("--trials", action="append", default=[], metavar="DIR[=PRESET]",
+                   help="after the run, save the sweep in DIR's trials as experiments NAME-<trial> "
+                        "and push them too (DIR=PRESET for a --preset sweep); repeatable")
     p.epilog = "Arguments after -- go to `dvc exp run`."
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:cut])
     try:
-        sys.exit(run(args.name, args.git_remote, args.shared_dir, argv[cut + 1:]))
-    except JobError as e:
+        sys.exit(run(args.name, args.git_remote, args.shared_dir, argv[cut + 1:], args.trials))
+    except PipelineError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 
