@@ -123,7 +123,7 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
 
     # Narrow dependencies: code the main job does not run, and where checkpoints go.
     for module in ("pipeline/sweep/run.py", "pipeline/cluster/job.py", "pipeline/experiments/table.py",
-                   "pipeline/paramdoc.py"):
+                   "pipeline/paramdoc.py", "pipeline/params/tune.py"):
         with open(repo / module, "a") as f:
             f.write("\n# an edit the main job must not notice\n")
     edit_params(repo, lambda p: p["train"].update(storage_path="elsewhere", max_failures=3))
