@@ -354,3 +354,9 @@ def test_a_sweep_whose_every_trial_failed_is_one_line_and_writes_nothing(
     assert str(e.value).startswith("all 2 trials failed, e.g. non-finite loss") and "\n" not in str(e.value)
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "metrics.json").exists()
 
+
+def test_docs_quote_the_committed_sweeps_numbers_verbatim():
+    """docs/sweeps.md's findings block is what pipeline.sweep.summary makes of sweep/."""
+    from pipeline.sweep.summary import block, summary
+
+    assert block((ROOT / "docs/sweeps.md").read_text()) == summary(ROOT)
