@@ -224,6 +224,7 @@ def test_experiments_and_sweep_pipelines(repo):
     # Every trial a DVC experiment, with its swept params and final metrics; apply the best.
     sh("python -m pipeline.sweep.exps && python -m pipeline.sweep.exps --sweep sweep/gmm_vae "
        "--preset sweep_gmm_vae", repo)
+    assert "Data and pipelines are up to date" in sh("dvc status sweep/dvc.yaml", repo)  # lock untouched
     shown = json.loads(sh("dvc exp show --json", repo))
     exps = {rev["name"]: rev["data"] for e in shown if e["rev"] != "workspace"
             for exp in e.get("experiments") or [] for rev in exp["revs"]}

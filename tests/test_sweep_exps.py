@@ -60,8 +60,12 @@ def repo(tmp_path):
     (tmp_path / "sweep/plots").mkdir(parents=True)
     pd.DataFrame(TABLE).to_csv(tmp_path / "sweep/table.csv", index=False)
     pd.DataFrame(CURVES).to_csv(tmp_path / "sweep/plots/curves.csv", index=False)
+    # the stage that wrote the sweep's outputs, with its lock: saving the trials must not
+    # rewrite it with a trial's values
+    (tmp_path / "dvc.yaml").write_text("stages:\n  tune:\n    cmd: 'true'\n    params: [model]\n"
+                                       "    outs: [{sweep/table.csv: {cache: false}}]\n")
     sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q "
-       "&& git add -A && git commit -qm init", tmp_path)
+       "&& dvc commit -f -q tune && git add -A && git commit -qm init", tmp_path)
     return tmp_path
 
 
@@ -69,7 +73,8 @@ def test_each_trial_is_an_experiment_and_apply_takes_the_best_ones_params(repo):
     out = sh("python -m pipeline.sweep.exps", repo)
     assert "3 trials saved as DVC experiments" in out
     assert (repo / "params.yaml").read_text() == PARAMS and not (repo / "sweep/trial").exists()
-    assert sh("git status --short", repo) == ""  # the workspace as it was
+    assert sh("git status --short", repo) == ""  # the workspace as it was, dvc.lock included
+    assert "up to date" in sh("dvc status", repo)
 
     exps = experiments(repo)
     assert set(exps) == {"sweep-00000", "sweep-00001", "sweep-00002"}

@@ -17,7 +17,7 @@ of a Ray cluster comes back the same way.
 Each experiment is what a training script with dvclive would leave: the trial's values go
 into the params file, dvclive logs its per-epoch held-out metrics step by step (`dvc
 plots` draws them), its final row is the summary, its status and error are params; then
-`dvc exp save` of the sweep's stage keeps it. Not dvclive's own `save_dvc_exp`: that one
+`dvc exp save` keeps it, committing no stage. Not dvclive's own `save_dvc_exp`: that one
 commits every stage (and fails where another stage's outputs are not pulled), and turns
 a failure into a warning. The workspace is put back afterwards.
 """
@@ -95,17 +95,6 @@ def log_trial(row: Dict) -> None:
             live.next_step()
 
 
-def sweep_stages(repo, table: Path) -> Optional[List[str]]:
-    """The stage that wrote `table`, if a dvc.yaml declares it. `dvc exp save` commits only
-    it: every other stage's outputs need not be in the workspace (a clone that has not
-    pulled the experiment runs' models can still save its sweep's trials)."""
-    table = table.resolve()
-    for stage in repo.index.stages:
-        if any(Path(out.fs_path).resolve() == table for out in stage.outs):
-            return [stage.addressing]
-    return None
-
-
 def save_sweep(sweep_dir: Path, preset: Optional[str] = None, prefix: Optional[str] = None,
                log=print) -> List[str]:
     """Save every trial of the sweep in `sweep_dir` as an experiment; return their names."""
@@ -122,8 +111,11 @@ def save_sweep(sweep_dir: Path, preset: Optional[str] = None, prefix: Optional[s
     original = params_file.read_bytes()
     names = []
     try:
-        with Repo() as repo:
-            targets = sweep_stages(repo, sweep_dir / "table.csv")
+        # `dvc exp save` commits the stages of its targets first: target the trial's own
+        # dvc.yaml, which declares metrics and no stage, so that no stage is committed:
+        # not every stage (another stage's outputs may not be pulled here) and not the
+        # sweep's (its dvc.lock would record the trial's values as the sweep's params).
+        targets = [str(TRIAL_DIR / "dvc.yaml")]
         for row in trials:
             name = f"{prefix}-{str(row['trial']).rsplit('_', 1)[-1]}"
             set_values(params_file, {k: plain(row[k]) for k in swept_keys(row)}, preset is not None)
