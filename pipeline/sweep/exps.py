@@ -77,7 +77,7 @@ def set_values(params_file: Path, values: Dict[str, object], preset: bool) -> No
             node[leaf] = value
 
 
-def log_trial(row: Dict) -> None:
+def log_trial(row: Dict, values: Dict[str, object]) -> None:
     """The trial's dvclive folder: params (its values, status, error), one step an epoch of
     the held-out metrics, the final row as the summary, and the dvc.yaml declaring them."""
     from dvclive import Live
@@ -86,7 +86,7 @@ def log_trial(row: Dict) -> None:
     with Live(dir=str(TRIAL_DIR), dvcyaml=str(TRIAL_DIR / "dvc.yaml"), save_dvc_exp=False) as live:
         live.log_params({"trial": row["trial"], "status": row["status"],
                          "error": "" if error is None or error != error else str(error),
-                         **{k: plain(row[k]) for k in swept_keys(row)}})
+                         **values})
         for epoch in row["history"]:
             for metric in TUNE_METRICS:
                 value = epoch.get(metric)
@@ -118,16 +118,16 @@ def save_sweep(sweep_dir: Path, preset: Optional[str] = None, prefix: Optional[s
         targets = [str(TRIAL_DIR / "dvc.yaml")]
         for row in trials:
             name = f"{prefix}-{str(row['trial']).rsplit('_', 1)[-1]}"
-            set_values(params_file, {k: plain(row[k]) for k in swept_keys(row)}, preset is not None)
-            log_trial(row)
+            values = {k: plain(row[k]) for k in swept_keys(row)}
+            set_values(params_file, values, preset is not None)
+            log_trial(row, values)
             with Repo() as repo:  # a fresh Repo a save: it caches the index it read
                 repo.experiments.save(targets=targets, name=name, force=True,
                                       include_untracked=[str(TRIAL_DIR)],
                                       message=f"sweep trial {row['trial']} ({row['status']}) of {sweep_dir}")
             params_file.write_bytes(original)  # the next trial starts from the same file
             names.append(name)
-            log(f"exps: {name}: {row['status']}, " + " ".join(
-                f"{k}={plain(row[k])}" for k in swept_keys(row)))
+            log(f"exps: {name}: {row['status']}, " + " ".join(f"{k}={v}" for k, v in values.items()))
     finally:
         params_file.write_bytes(original)
         shutil.rmtree(TRIAL_DIR, ignore_errors=True)

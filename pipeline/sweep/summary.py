@@ -16,6 +16,7 @@ from typing import List
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_text
+from pipeline.sweep.report import best_row
 
 SWEEPS = {"sweep": "tune: the main recipe (params.yaml)",
           "sweep/gmm_vae": "tune_gmm_vae: gmm_vae's components (params/sweep_gmm_vae.yaml)"}
@@ -31,10 +32,8 @@ def one_sweep(sweep_dir: Path, title: str) -> List[str]:
 
     m = json.loads((sweep_dir / "metrics.json").read_text())
     table = pd.read_csv(sweep_dir / "table.csv")
-    best_yaml = (sweep_dir / "best_params.yaml").read_text()
-    best_id = best_yaml.split()[3].rstrip(":")
-    best = table.set_index("trial").loc[best_id]
     metric = next(k[len("best_"):] for k in m if k.startswith("best_") and k != "best")
+    best = best_row(table.to_dict("records"), metric)  # the stage's own choice, from its table
     swept = [c for c in table.columns if c.startswith(("model.", "train."))]
     lines = [f"**{title}**: {m['trials']} trials ({m['finished']} finished, {m['stopped_early']} "
              f"stopped early, {m['failed']} failed), {m['epochs_trained']} epochs in "
