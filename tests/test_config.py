@@ -139,4 +139,76 @@ def test_train_stage_depends_on_the_params_that_change_its_output():
     listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"])
     want = {f"train.{k}" for k in leaf_keys(TrainConfig())} - {f"train.{k}" for k in RUNTIME_KEYS}
     assert want <= listed and not listed & {f"train.{k}" for k in RUNTIME_KEYS}
-    assert {"model.kind", "model.net", "model.likelihood", "model.${model.kind}"} <= listed
+    assert not [key for key in listed if key.startswith("model")]  # models/params.yaml instead
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["model_params"]["params"] == ["model"] and "models/params.yaml" in stages["train"]["deps"]
+
+
+def test_the_active_kinds_params_change_with_its_block_alone():
+    """What the model_params stage writes for train: another kind's block moves nothing."""
+    from pipeline.params import active_model
+
+    base = load_params(ROOT / "params.yaml")
+    other = load_params(ROOT / "params.yaml", overrides={"model.vae.importance_samples": 7,
+                                                         "model.gmm_vae.components": 3})
+    mine = load_params(ROOT / "params.yaml", overrides={"model.moe_vae.balancing_weight": 1.0})
+    assert active_model(other) == active_model(base) != active_model(mine)
+    assert set(active_model(base)) == {"kind", "net", "likelihood", base.model.kind}
+
+
+@pytest.mark.parametrize("key, value, limit", [
+    ("model.net.latent_dim", 1_000_000, 4096),
+    ("model.net.latent_dim", 100_000_000, 4096),
+    ("model.net.hidden", 100_000, 32768),
+    ("model.net.conv_channels", 5000, 2048),
+    ("model.moe_vae.experts", 5000, 1000),
+    ("model.moe_vae.expert_batch_scale", 1000, 500),
+    ("model.moe_vae.manager.hidden", [1200, 100_000], 32768),
+    ("model.hmoe_vae.sub_experts", 1000, 100),
+    ("model.gmm_vae.components", 0, 1000),
+    ("model.vae.importance_samples", 5000, 1000),
+    ("evaluate.iw_samples", 10**6, 100_000),
+    ("evaluate.iw_chunk", 10**5, 10_000),
+    ("evaluate.batch_size", 10**5, 10_000),
+    ("train.batch_size", 10**5, 10_000),
+])
+def test_a_size_param_past_its_bound_is_refused_by_name(key, value, limit):
+    """Bounds far above any recipe: a typo is one line naming the key, before anything
+    is allocated (an unbounded latent_dim: 1000000 grew a worker past 8 GB)."""
+    with pytest.raises(ConfigError) as e:
+        load_params(ROOT / "params.yaml", overrides={key: value})
+    many = "integers" if isinstance(value, list) else "an integer"
+    assert str(e.value) == f"params.yaml: {key}={value!r} is invalid; use {many} >= 1, at most {limit}"
+
+
+def test_sizes_in_bounds_that_multiply_past_the_memory_are_refused_by_their_names(monkeypatch):
+    from pipeline.models import size
+
+    big = {"model.net.hidden": 4096, "model.moe_vae.experts": 100}
+    monkeypatch.setattr(size, "machine_memory", lambda: 2**30)  # a 1 GiB machine
+    with pytest.raises(ConfigError) as e:
+        load_params(ROOT / "params.yaml", overrides=big)
+    msg = str(e.value)
+    assert msg.startswith("params.yaml: model.kind=moe_vae has ") and "more than this machine's 1.0 GiB" in msg
+    assert "the largest: model.net.hidden=4096, model.moe_vae.experts=100" in msg
+    monkeypatch.setattr(size, "machine_memory", lambda: 2**40)
+    assert load_params(ROOT / "params.yaml", overrides=big).model.net.hidden == 4096
+    assert load_params(ROOT / "params.yaml").model.net.hidden == 128  # the main job fits 1 GiB
+
+
+def test_the_memory_check_counts_16_bytes_a_parameter_on_the_meta_device():
+    import time
+
+    from pipeline.models.registry import build_model, meta_model, model_config
+    from pipeline.models.size import check_memory
+
+    cfg = model_config({"moe_vae.experts": 2, "net.hidden": 8})
+    n = sum(p.numel() for p in build_model(cfg).parameters())
+    buffers = sum(b.numel() * b.element_size() for b in build_model(cfg).buffers())
+    check_memory(cfg, meta_model(cfg), memory=16 * n + buffers)
+    with pytest.raises(ConfigError, match=f"has {n:,} parameters"):
+        check_memory(cfg, meta_model(cfg), memory=16 * n + buffers - 1)
+    t0 = time.perf_counter()  # about 800 GiB of parameters, counted without allocating them
+    with pytest.raises(ConfigError, match=r"53,471,155,880 parameters.*model.net.hidden=32768"):
+        model_config({"net.hidden": 32768, "moe_vae.experts": 1000})
+    assert time.perf_counter() - t0 < 2

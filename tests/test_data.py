@@ -187,3 +187,108 @@ def test_manifest_checksum_catches_tampered_shard(tmp_path):
     f.write_bytes(f.read_bytes()[:-1] + b"\x00")
     with pytest.raises(DataError, match="checksum"):
         load_split(tmp_path / "s", "test")
+
+
+def rewrite_shard(shard_dir, split, mutate, rows=None):
+    """Replace the first shard of `split` by mutate(its table), and fix its manifest entry
+    (sha256; rows too, unless given) so that only prepare's contract can catch it."""
+    from pipeline.data.shards import sha256_file
+
+    m = json.loads((shard_dir / "manifest.json").read_text())
+    entry = m["splits"][split][0]
+    path = shard_dir / entry["file"]
+    table = mutate(pq.read_table(path))
+    pq.write_table(table, path)
+    entry.update(sha256=sha256_file(path), rows=len(table) if rows is None else rows)
+    (shard_dir / "manifest.json").write_text(json.dumps(m))
+    return path
+
+
+def pixels_as(values, width=784):
+    return lambda t: t.set_column(t.schema.get_field_index("pixels"), "pixels",
+                                  pa.FixedSizeListArray.from_arrays(pa.array(values(t)), width))
+
+
+def grey(t):
+    return t.column("pixels").combine_chunks().flatten().to_numpy()
+
+
+# (how the first shard is broken, what the one-line error says): each is a shard whose
+# manifest entry matches it, so the checksum passes and prepare's contract must catch it
+BAD_SHARDS = {
+    "renamed_column": (lambda t: t.rename_columns(["index", "label", "pixelz"]), "no column 'pixels'"),
+    "float_pixels": (pixels_as(lambda t: grey(t).astype(np.float32) / 255), "'pixels' is float[784], expected uint8[784]"),
+    "783_wide": (pixels_as(lambda t: grey(t).reshape(-1, 784)[:, :783].ravel(), 783), "'pixels' is uint8[783]"),
+    "uint16_300": (pixels_as(lambda t: np.full(len(t) * 784, 300, np.uint16)), "'pixels' is uint16[784]"),
+    "int_index": (lambda t: t.set_column(0, "index", t.column("index").cast(pa.int64())), "'index' is int64"),
+    "rows_short": (lambda t: t.slice(0, len(t) - 25), "175 rows where manifest.json says 200"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BAD_SHARDS))
+def test_a_shard_off_prepares_contract_is_one_line_naming_it(tiny_shards, how):
+    from pipeline.data.load import check_shards
+
+    mutate, needle = BAD_SHARDS[how]
+    path = rewrite_shard(tiny_shards, "train", mutate, rows=200 if how == "rows_short" else None)
+    for read in (lambda: load_split(tiny_shards, "train"), lambda: check_shards(tiny_shards, "train")):
+        with pytest.raises(DataError) as e:
+            read()
+        msg = str(e.value)
+        assert needle in msg and str(path) in msg and "dvc repro prepare" in msg and "\n" not in msg
+
+
+def test_missing_pixel_values_and_labels_outside_0_9_are_caught_when_read(tiny_shards):
+    nulls = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(20 * 784, np.uint8)), 784,
+                                              mask=pa.array([True] + [False] * 19))
+    path = rewrite_shard(tiny_shards, "test", lambda t: t.set_column(2, "pixels", nulls))
+    with pytest.raises(DataError, match="missing pixel values.*dvc repro prepare") as e:
+        load_split(tiny_shards, "test")
+    assert str(path) in str(e.value)
+    path = rewrite_shard(tiny_shards, "train", lambda t: t.set_column(1, "label", pa.array(np.full(200, 11, np.uint8))))
+    load_split(tiny_shards, "train")  # training reads no labels
+    with pytest.raises(DataError, match="labels outside 0..9.*dvc repro prepare") as e:
+        load_split(tiny_shards, "train", with_labels=True)  # the sweep's validation does
+    assert str(path) in str(e.value)
+
+
+def test_a_missing_shard_or_split_names_it(tiny_shards):
+    from pipeline.data.load import check_shards
+
+    m = read_manifest(tiny_shards)
+    (tiny_shards / m["splits"]["train"][1]["file"]).unlink()
+    for read in (lambda: load_split(tiny_shards, "train"), lambda: check_shards(tiny_shards, "train")):
+        with pytest.raises(DataError, match=r"train-001-of-002.parquet is missing, though manifest.json lists it; rerun the prepare"):
+            read()
+    with pytest.raises(DataError, match="lists no 'valid' split; rerun the prepare stage"):
+        check_shards(tiny_shards, "valid")
+
+
+def test_the_writer_keeps_the_readers_schema(tiny_shards):
+    from pipeline.data.load import SHARD_SCHEMA
+
+    for e in read_manifest(tiny_shards)["splits"]["train"]:
+        assert pq.read_schema(tiny_shards / e["file"]).remove_metadata().equals(SHARD_SCHEMA)
+
+
+def test_train_and_evaluate_stages_refuse_a_bad_shard_in_one_line(tmp_path, tiny_shards):
+    """train: before Ray starts (check_before_ray); evaluate: as it reads the test split."""
+    from pipeline.models.checkpoint import save_model
+    from pipeline.models.registry import build_model, model_config
+    from tests.test_stages import run_stage
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    path = rewrite_shard(tiny_shards, "train", BAD_SHARDS["uint16_300"][0])
+    r = run_stage("train.py", "--shards", str(tiny_shards), "--model", "m.pt", "--live", "live",
+                  "--record", "r.json", cwd=tmp_path)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {path}: column 'pixels' is uint16[784], expected uint8[784]")
+    assert "dvc repro prepare" in r.stderr and "ray" not in r.stdout.lower()
+    save_model(build_model(model_config({"moe_vae.experts": 2, "net.hidden": 8})), tmp_path / "m.pt")
+    path = rewrite_shard(tiny_shards, "test", BAD_SHARDS["renamed_column"][0])
+    r = run_stage("evaluate.py", "--shards", str(tiny_shards), "--model", "m.pt", "--live", "live",
+                  cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"error: {path}: no column 'pixels' (it has index, label, pixelz), not what prepare writes; "
+        f"rerun the prepare stage (dvc repro prepare)"]
+    assert not (tmp_path / "live").exists()

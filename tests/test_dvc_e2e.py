@@ -98,7 +98,7 @@ def repo(tmp_path, mnist_dir):
 def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
     out = sh("dvc repro", repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"prepare", "neighbours", "train", "evaluate"}  # the main job only
+    assert ran == {"prepare", "neighbours", "model_params", "train", "evaluate"}  # the main job only
     metrics = json.loads((repo / "dvclive/evaluate/metrics.json").read_text())
     assert 0 <= metrics["cluster_accuracy"] <= 1 and metrics["test_log_likelihood"] < 0
     for f in ("images/component_samples.png", "images/reconstructions.png", "images/samples.png",
@@ -127,9 +127,11 @@ def test_main_job_repro_narrow_deps_diff_and_remote(repo, tmp_path):
         with open(repo / module, "a") as f:
             f.write("\n# an edit the main job must not notice\n")
     edit_params(repo, lambda p: p["train"].update(storage_path="elsewhere", max_failures=3))
-    edit_params(repo, lambda p: p["model"]["vae"].update(importance_samples=7))  # another kind's block
     assert "Data and pipelines are up to date" in sh("dvc status dvc.yaml", repo)
-    assert "Running stage" not in sh("dvc repro", repo)
+    edit_params(repo, lambda p: p["model"]["vae"].update(importance_samples=7))  # another kind's block
+    ran = [line for line in sh("dvc repro", repo).splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'model_params':"]  # which writes the same active block
+    assert "Data and pipelines are up to date" in sh("dvc status dvc.yaml", repo)
     sh("git checkout -q -- . && git status --short", repo)
 
     edit_params(repo, lambda p: p["model"]["moe_vae"].update(balancing_weight=1.0))
@@ -328,3 +330,35 @@ def test_a_new_kind_is_one_module_plus_its_params_block(repo):
                                                  "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
     assert r.returncode == 1 and r.stderr.strip() == ("error: params.yaml: model.beta_vae.beta=-1.0 "
                                                       "is invalid; use a number > 0")
+
+
+def test_the_trained_model_file_clusters_and_draws_from_the_command_line(repo):
+    """docs/using-a-model.md on the main job's models/model.pt: the CLI's clusters of the
+    test shards are the evaluate stage's (its cluster_usage), PNGs of test images get the
+    same rows, and `sample --n 8` draws evaluate's component_samples.png pixel for pixel."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.load import load_split
+
+    sh("dvc repro", repo)
+    shards = " ".join(sorted(str(p) for p in (repo / "data/shards").glob("test-*.parquet")))
+    out = sh(f"python -m pipeline.inference cluster models/model.pt {shards} --out all.csv", repo)
+    rows = pd.read_csv(repo / "all.csv")
+    usage = json.loads((repo / "dvclive/evaluate/metrics.json").read_text())["cluster_usage"]
+    assert len(rows) == 10_000 and out.startswith("cluster: 10000 images of a moe_vae model")
+    assert {int(k): u for k, u in usage.items()} == pytest.approx(
+        {k: float((rows.cluster == k).mean()) for k in range(len(usage))}, abs=1e-12)
+    first = load_split(repo / "data/shards", "test").pixels[:20]  # (20, 784) uint8
+    (repo / "pngs").mkdir()
+    for i, px in enumerate(first):
+        Image.fromarray(px.reshape(28, 28)).save(repo / "pngs" / f"{i:02d}.png")
+    sh("python -m pipeline.inference cluster models/model.pt pngs --out pngs.csv", repo)
+    pngs = pd.read_csv(repo / "pngs.csv")
+    assert pngs.name.tolist() == [f"pngs/{i:02d}.png" for i in range(20)]
+    assert pngs.cluster.tolist() == rows.cluster[:20].tolist()  # the manager reads grey pixels
+    assert np.allclose(pngs.probability, rows.probability[:20], atol=1e-5)
+    sh("python -m pipeline.inference sample models/model.pt --n 8 --out samples.png", repo)
+    drawn = np.asarray(Image.open(repo / "samples.png"))
+    evaluated = np.asarray(Image.open(repo / "dvclive/evaluate/plots/images/component_samples.png"))
+    assert drawn.shape == (2 * (8 * 30 + 2), 2 * (3 * 30 + 2)) and (drawn == evaluated).all()

@@ -215,9 +215,12 @@ def registered_epoch(storage: Path) -> int:
     return max((registered(str(d))[0] for d in storage.glob("*") if d.is_dir()), default=0)
 
 
-def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, tmp_path):
-    """SIGINT to the stage's process group (what Ctrl-C in a terminal sends): one line,
-    exit 130, and the rerun resumes from the checkpoint that line names."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_training_says_what_a_rerun_resumes(shards, tmp_path, sig, code):
+    """SIGINT to the stage's process group (what Ctrl-C in a terminal sends), or SIGTERM
+    (schedulers, containers, `timeout`): one line, exit 128 + the signal, and the rerun
+    resumes from the checkpoint that line names."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "model": {"moe_vae": {"experts": 4}, "net": {"latent_dim": 8, "hidden": 64}},
         "train": {"epochs": 10, "batch_size": 40, "storage_path": str(tmp_path / "ckpt")}}))
@@ -240,7 +243,7 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline:
             if any("epoch 2/10" in line for line in list(lines)) or registered_epoch(tmp_path / "ckpt") >= 2:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, sig)
                 break
             time.sleep(0.05)
         proc.wait(timeout=120)
@@ -249,12 +252,12 @@ def test_ctrl_c_during_training_says_what_a_rerun_resumes_and_exits_130(shards, 
     finally:
         proc.kill()
     err = "".join(errs)
-    assert proc.returncode == 130, f"{err[-2000:]}\nstdout:\n{''.join(lines)[-2000:]}"
+    assert proc.returncode == code, f"{err[-2000:]}\nstdout:\n{''.join(lines)[-2000:]}"
     last = err.strip().splitlines()[-1]
     assert last.startswith("train: interrupted at epoch ") and "rerun to resume from the checkpoint after epoch" in last
     kept = int(last.split("checkpoint after epoch ")[1].split()[0])
     assert kept >= 2  # the "epoch 2/10" line comes once its checkpoint is registered
-    assert "Traceback" not in err and not (tmp_path / "m.pt").exists()
+    assert "Traceback" not in err and "SIGTERM received" not in err and not (tmp_path / "m.pt").exists()
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert again.returncode == 0, again.stderr[-2000:]

@@ -227,3 +227,91 @@ def test_a_model_file_written_before_the_nested_params_still_loads(tmp_path):
     assert back.cfg == cfg
     x = (torch.rand(4, 784) > 0.5).float()
     assert torch.equal(back.cluster_probs(x), model.cluster_probs(x))
+
+
+
+def crafted_file(path, changes, state_dict=None):
+    """A small model file whose stored config has `changes` (dotted keys under `model`)
+    applied past every check, as a crafted file would."""
+    from pipeline.core.schema import apply_overrides, to_dict
+    from pipeline.models.checkpoint import FORMAT_VERSION
+    from pipeline.models.registry import model_config
+
+    cfg = apply_overrides(to_dict(model_config({})), changes)
+    torch.save({"format": FORMAT_VERSION, "kind": cfg["kind"], "config": cfg,
+                "state_dict": {} if state_dict is None else state_dict}, path)
+    return path
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"net.latent_dim": 1_000_000}, "model.net.latent_dim=1000000 is invalid; use an integer >= 1, at most 4096"),
+    ({"net.hidden": 32768, "moe_vae.experts": 1000},
+     "has 53,471,155,880 parameters, which need 796.8 GiB to train"),
+])
+def test_a_small_model_file_with_a_huge_config_is_refused_before_allocating(tmp_path, changes, needle):
+    """A 2 KB file whose config says 1000000 latents, or sizes in bounds that multiply into
+    800 GiB: one line naming them within a couple of seconds (evaluate used to allocate
+    past 8 GB first)."""
+    import time
+
+    from pipeline.core.errors import ConfigError
+
+    path = crafted_file(tmp_path / "m.pt", changes)
+    assert path.stat().st_size < 10_000
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load_model(path)
+    assert time.perf_counter() - t0 < 2
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: its config no longer builds (") and needle in msg and "\n" not in msg
+    assert "params.yaml" not in msg  # the file's config, not the user's params
+
+
+def test_weights_that_do_not_fit_their_config_are_refused_by_key_before_building(tmp_path):
+    from pipeline.core.errors import DataError
+    from pipeline.models.registry import model_config
+
+    weights = build_model(model_config({"moe_vae.experts": 2, "net.hidden": 8})).state_dict()
+    path = crafted_file(tmp_path / "m.pt", {"moe_vae.experts": 2, "net.hidden": 9}, weights)
+    with pytest.raises(DataError) as e:
+        load_model(path)
+    key = next(k for k in weights if weights[k].shape[-1:] == (8,))  # the first 8-wide tensor
+    want = tuple(weights[key].shape[:-1]) + (9,)
+    assert str(e.value) == (f"{path}: its config does not match its weights: {key} is "
+                            f"{tuple(weights[key].shape)} in the file but {want} for its config; "
+                            f"not a model file this project wrote, retrain (dvc repro train)")
+    path = crafted_file(tmp_path / "m.pt", {"moe_vae.experts": 2, "net.hidden": 8},
+                        {**weights, "extra.weight": torch.zeros(3)})
+    with pytest.raises(DataError, match=r"extra.weight is \(3,\) in the file but absent for its config"):
+        load_model(path)
+    del weights[key]
+    path = crafted_file(tmp_path / "m.pt", {"moe_vae.experts": 2, "net.hidden": 8}, weights)
+    with pytest.raises(DataError, match=f"{key} is missing in the file"):
+        load_model(path)
+
+
+class Payload:
+    """Pickled code: unpickling it runs a shell command."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.target}",)
+
+
+def test_a_model_file_that_holds_code_is_refused_unread_without_unsafe_advice(tmp_path):
+    from pipeline.core.errors import DataError
+
+    ran = tmp_path / "payload-ran"
+    torch.save({"format": 3, "kind": "moe_vae", "config": Payload(ran), "state_dict": {}},
+               tmp_path / "m.pt")
+    with pytest.raises(DataError) as e:
+        load_model(tmp_path / "m.pt")
+    assert not ran.exists()
+    assert str(e.value) == (f"{tmp_path / 'm.pt'} holds code or types a model file never has, so "
+                            f"it was refused unread; rerun the train stage to write it again "
+                            f"(dvc repro train)")
+    assert "weights_only" not in str(e.value)

@@ -118,27 +118,38 @@ def test_a_crashing_trial_is_recorded_as_failed_and_the_sweep_goes_on(
     assert "FAILED" in capsys.readouterr().out
 
 
-LINES, ARMED = [], {"interrupt": True}
+LINES, ARMED = [], {"interrupt": True, "signal": signal.SIGINT}
 
 
 def interrupting_log(line: str) -> None:
-    """Progress sink that presses Ctrl-C once, right after the first trial finishes.
-    Module-level: the callback is pickled into the sweep state and restored with it."""
+    """Progress sink that presses Ctrl-C (or sends SIGTERM) once, right after the first
+    trial finishes. Module-level: the callback is pickled into the sweep state and
+    restored with it."""
     LINES.append(line)
     if ARMED["interrupt"] and " finished: " in line:
         ARMED["interrupt"] = False
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), ARMED["signal"])
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
-        ray_session, tiny_shards, tmp_path):
+        ray_session, tiny_shards, tmp_path, sig, monkeypatch):
+    from pipeline import cli
     from pipeline.sweep.run import SweepInterrupted, run_sweep
 
+    ARMED.update(interrupt=True, signal=sig)
+    LINES.clear()
+    monkeypatch.setitem(cli._stopped_by, "signal", signal.SIGINT)
+    before = signal.signal(signal.SIGTERM, cli._terminate)  # what a stage (cli.run) installs
     params = sweep_params(tmp_path, {"model.net.latent_dim": {"grid": [2, 3, 4]}}, scheduler="fifo")
     # storage as a URI (as s3:// or gs:// on a cluster): it must not become a local folder
     params = with_overrides(params, {"train.storage_path": f"file://{tmp_path}/uri_results"})
-    with pytest.raises(SweepInterrupted, match="rerun the stage"):
-        run_sweep(params, tiny_shards, log=interrupting_log)
+    try:
+        with pytest.raises(SweepInterrupted, match="rerun the stage"):
+            run_sweep(params, tiny_shards, log=interrupting_log)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert cli._stopped_by["signal"] == sig  # the stage exits 128 + sig: 130 or 143
     first = list(LINES)
     done_first = {ln.split()[2] for ln in first if " finished: " in ln}
     assert len(done_first) == 1
@@ -360,3 +371,49 @@ def test_docs_quote_the_committed_sweeps_numbers_verbatim():
     from pipeline.sweep.summary import block, summary
 
     assert block((ROOT / "docs/sweeps.md").read_text()) == summary(ROOT)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_ray_head_dies_ends_in_seconds_in_one_line_and_resumes(tiny_shards, tmp_path):
+    """The stage in a subprocess with its own local Ray: killing that instance's GCS (the
+    head) ends the driver in seconds, not Ray's 60 s, with one error line, no Ray process
+    of that instance left; the rerun resumes the sweep."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    params = sweep_params(tmp_path, {"model.net.latent_dim": {"grid": [2]}}, scheduler="fifo",
+                          search="grid", epochs=60)
+    from pipeline.core.schema import to_dict
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(params)))
+    cmd = [sys.executable, "-m", "stages.tune", "--shards", str(tiny_shards), "--table-dir", "sweep",
+           "--plots", "plots", "--metrics", "m.json"]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(ROOT)}
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=o, stderr=e)
+    deadline = time.monotonic() + 240
+    while " epoch 1/" not in out.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, out.read_text() + err.read_text()
+        time.sleep(0.2)
+    ray_procs = psutil.Process(proc.pid).children(recursive=True)  # this sweep's own instance only
+    gcs = [p for p in ray_procs if p.name() == "gcs_server"]
+    session = next(a for a in gcs[0].cmdline() if "session_" in a).split("session_")[1].split("/")[0]
+    t0 = time.monotonic()
+    gcs[0].kill()
+    rc = proc.wait(timeout=60)
+    assert rc == 1 and time.monotonic() - t0 < 20
+    errors = [ln for ln in err.read_text().splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: sweep: the Ray head died")
+    assert f"rerun to resume from {tmp_path / 'ray_results'}" in errors[0]
+    assert "Failed to connect to GCS" not in err.read_text()
+    left = [p for p in ray_procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left += [p for p in psutil.process_iter(["cmdline"]) if f"session_{session}" in " ".join(p.info["cmdline"] or [])]
+    assert not left, left
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "tune: resuming the sweep" in again.stdout and (tmp_path / "sweep/table.csv").exists()

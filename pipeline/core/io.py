@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Union
 
+from pipeline.core.failures import is_write_failure, no_space, write_error
+
 PathLike = Union[str, Path]
 
 
@@ -22,9 +24,17 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
-        yield tmp
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    except OSError as e:
+        raise write_error(path, e) from e
+    try:
+        try:
+            yield tmp
+        except (OSError, RuntimeError) as e:  # a full disk, say: one line naming `path`
+            if not writing(e, tmp):
+                raise
+            raise write_error(path, e) from e
         if path.is_dir() and not path.is_symlink():
             old = tmp.parent / (path.name + ".old")
             os.replace(path, old)
@@ -33,6 +43,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def writing(e: BaseException, tmp: Path) -> bool:
+    """`e` came from writing the temporary output `tmp` (not from reading an input)."""
+    inside = str(getattr(e, "filename", "") or "").startswith(str(tmp.parent))
+    return no_space(e) or (is_write_failure(e) and (inside or isinstance(e, RuntimeError)))
 
 
 def write_json(path: PathLike, obj) -> None:

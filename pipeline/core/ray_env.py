@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
 # Set before Ray is imported anywhere in this process, and inherited by every Ray process.
 QUIET_ENV = {
@@ -51,6 +56,17 @@ def init_ray(num_cpus: int | None = None) -> str:
 
     if ray.is_initialized():
         return "ray: already initialised in this process"
+    # ray.init replaces the process's SIGTERM handler with one that exits at once (and
+    # prints a stack dump): keep the caller's, so that SIGTERM stops a stage as Ctrl-C does
+    caller = signal.getsignal(signal.SIGTERM)
+    try:
+        return _init(ray, address, num_cpus)
+    finally:
+        if callable(caller) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, caller)
+
+
+def _init(ray, address: str | None, num_cpus: int | None) -> str:
     if address:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True)
         return f"ray: attached to the cluster at {address}"
@@ -72,3 +88,68 @@ def init_ray(num_cpus: int | None = None) -> str:
         else:
             os.environ["RAY_API_SERVER_ADDRESS"] = before
     return f"ray: started a local instance on 127.0.0.1 with {int(ray.cluster_resources()['CPU'])} CPUs"
+
+
+# How long the head's GCS may refuse connections before the driver gives up. Ray's own
+# client waits 60 s (RAY_gcs_rpc_server_reconnect_timeout_s) and then aborts the process
+# from C++ with its own log line, leaving the node's agents behind. A head this process
+# started has nobody to restart it, so a few seconds tell; a cluster's head may be
+# restarted (GCS fault tolerance), so attached drivers wait most of Ray's minute.
+HEAD_GRACE_S = {"local": 3.0, "attached": 45.0}
+
+
+@contextmanager
+def head_watch(what: str, resume: str) -> Iterator[None]:
+    """Run the body; if the Ray head dies meanwhile, end this process within seconds:
+    kill the Ray processes this process started (a local instance's GCS, raylet,
+    dashboard, and the raylet's agents and workers, which outlive it otherwise), print
+    `error: <what>: the Ray head died ...; rerun to resume from <resume>` and exit 1.
+
+    The exit is os._exit from a watcher thread: the main thread is blocked inside Ray,
+    which would neither return nor raise before its own 60 s timeout.
+    """
+    import psutil
+    import ray
+
+    host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+    grace = HEAD_GRACE_S["local" if ray._private.worker._global_node.is_head() else "attached"]
+    me, done = psutil.Process(), threading.Event()
+    ours: dict = {}  # pid -> psutil.Process: the descendants ever seen, since the raylet's
+    # children are re-parented when it dies (psutil checks a pid's start time before a kill)
+
+    def alive() -> bool:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def watch() -> None:
+        last_seen = time.monotonic()
+        while not done.wait(0.5):
+            ours.update((p.pid, p) for p in me.children(recursive=True))
+            if alive():
+                last_seen = time.monotonic()
+            elif time.monotonic() - last_seen >= grace:
+                break
+        else:
+            return
+        procs = [p for p in ours.values() if p.is_running()]
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=5)
+        sys.stdout.flush()
+        print(f"error: {what}: the Ray head died (its GCS at {host}:{port} refused connections "
+              f"for {grace:g} s); rerun to resume from {resume}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="ray-head-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()

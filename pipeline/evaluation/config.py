@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import ClassVar, Dict, Optional, Union
 
 from pipeline.core.errors import check, positive_int
 from pipeline.core.schema import param
+from pipeline.models.size import check_sizes
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,13 @@ class EvaluateConfig:
     use_gpu: Union[bool, str] = param("auto", "true | false | auto (a GPU when this process, or the "
                                               "Ray cluster for workers != 1, has one)")
 
+    # 20x the recipes' 5000 samples decoded 500 at a time; batch_size: the whole test split
+    # (100x the recipes'). A (batch_size, iw_chunk) chunk of decodes is what evaluate holds
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"iw_samples": 100_000, "iw_chunk": 10_000,
+                                             "batch_size": 10_000}
+
     def __post_init__(self):
-        for key in ("iw_samples", "iw_chunk", "batch_size"):
-            check(positive_int(getattr(self, key)), key, getattr(self, key), "use an integer >= 1")
+        check_sizes(self)
         check(self.ll_limit is None or positive_int(self.ll_limit), "ll_limit", self.ll_limit,
               "use null (whole test set) or an integer >= 1")
         check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers >= 0,

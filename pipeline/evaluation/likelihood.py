@@ -15,7 +15,8 @@ from typing import Callable, List
 
 import torch
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, TrainError
+from pipeline.core.failures import describe
 from pipeline.evaluation.config import EvaluateConfig
 from pipeline.models.base import GenerativeModel
 
@@ -90,6 +91,16 @@ def log_likelihoods(model: GenerativeModel, x: torch.Tensor, cfg: EvaluateConfig
     return _fan_out(model, x, cfg, log, progress)
 
 
+def task_failure(e: BaseException) -> str:
+    """One line for a failed Ray task: the cause it raised (its traceback stays in the
+    task's Ray log), or Ray's memory monitor stopping it."""
+    import ray.exceptions
+
+    if isinstance(e, ray.exceptions.OutOfMemoryError):
+        return "it ran out of memory and Ray stopped it; lower evaluate.iw_chunk or evaluate.batch_size"
+    return describe(getattr(e, "cause", None) or e)[0]
+
+
 def _fan_out(model: GenerativeModel, x: torch.Tensor, cfg: EvaluateConfig, log, progress) -> torch.Tensor:
     from pipeline.core.ray_env import init_ray
 
@@ -125,6 +136,9 @@ def _fan_out(model: GenerativeModel, x: torch.Tensor, cfg: EvaluateConfig, log, 
     pending, got = list(refs), {}
     while pending:  # a line as each task ends; each result fetched once
         done, pending = ray.wait(pending, num_returns=1)
-        got[done[0]] = ray.get(done[0])
+        try:
+            got[done[0]] = ray.get(done[0])
+        except (ray.exceptions.RayTaskError, ray.exceptions.OutOfMemoryError) as e:
+            raise TrainError(f"log-likelihood: a Ray task failed: {task_failure(e)}") from None
         progress(got[done[0]])
     return torch.cat([got[r] for r in refs])

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Dict, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.core.errors import check, positive_int
+from pipeline.core.errors import check
 from pipeline.core.schema import param
+from pipeline.models.size import check_sizes
 
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
@@ -30,10 +31,14 @@ class NetConfig:
     conv_channels: int = param(32, "channels of the first conv layer (the second has twice as many)")
     activation: str = param("sigmoid", "sigmoid (the seeds) | relu | elu | tanh")
 
+    # 60-80x the largest recipe in params/ (latent_dim 50, hidden 512, conv_channels 32):
+    # no real run comes near them, a typo such as 1000000 is refused before a worker
+    # allocates it. size.check_memory catches in-bounds sizes that multiply into too much.
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"latent_dim": 4096, "hidden": 32768, "conv_channels": 2048}
+
     def __post_init__(self):
         check(self.encoder in ("mlp", "conv"), "encoder", self.encoder, "choose 'mlp' or 'conv'")
-        for key in ("latent_dim", "hidden", "conv_channels"):
-            check(positive_int(getattr(self, key)), key, getattr(self, key), "use an integer >= 1")
+        check_sizes(self)
         check(self.activation in ACTIVATION_MODULES, "activation", self.activation,
               f"choose one of {sorted(ACTIVATION_MODULES)}")
 

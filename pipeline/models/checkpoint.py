@@ -3,20 +3,24 @@ params changed (format 2: one flat `model` section).
 
 A model file holds {"format", "kind", "config", "state_dict"} so any later stage rebuilds
 the model from the file alone. It loads with torch.load(weights_only=True): plain
-containers and tensors only, no pickled code.
+containers and tensors only, no pickled code. The file's config is checked (size bounds,
+memory) and its tensors' shapes compared with those the config builds on the meta device
+before the model is built, so a crafted small file cannot make a stage allocate.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Union
 
 import torch
 
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.failures import first_line
 from pipeline.core.io import atomic_path
 from pipeline.core.schema import apply_overrides, build, to_dict
 from pipeline.models.base import GenerativeModel
-from pipeline.models.registry import KINDS, ModelConfig, build_model
+from pipeline.models.registry import KINDS, ModelConfig, build_model, meta_model
 
 FORMAT_VERSION = 3
 
@@ -63,13 +67,30 @@ def model_state(model: GenerativeModel) -> dict:
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
+def check_weights(cfg, weights: dict) -> None:
+    """The tensors `weights` have every key and shape of the state_dict `cfg` builds (on
+    the meta device: nothing allocated), and nothing else; else a DataError naming the
+    first key that differs."""
+    expected = {k: tuple(v.shape) for k, v in meta_model(cfg).state_dict().items()}
+    found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+             for k, v in weights.items()}
+    for key in [*expected, *(k for k in found if k not in expected)]:
+        if found.get(key, "missing") != expected.get(key, "absent"):
+            raise DataError(f"its config does not match its weights: {key} is "
+                            f"{found.get(key, 'missing')} in the file but {expected.get(key, 'absent')} "
+                            f"for its config; not a model file this project wrote, retrain "
+                            f"(dvc repro train)")
+
+
 def model_from_state(state: dict) -> GenerativeModel:
     config = state["config"]
     if state.get("format", 2) == 2:
         config = upgrade_v2(config)
     config = {**config, **{kind: {**added, **config[kind]} for kind, added in ADDED_KEYS.items()
                            if isinstance(config.get(kind), dict)}}
-    model = build_model(build(ModelConfig, config, "model"))
+    cfg = build(ModelConfig, config, "model")  # size bounds and memory, before any allocation
+    check_weights(cfg, state["state_dict"])
+    model = build_model(cfg)
     model.load_state_dict(state["state_dict"])
     return model
 
@@ -85,10 +106,23 @@ def load_model(path: Union[str, Path]) -> GenerativeModel:
         raise FileNotFoundError(f"{path} is missing; run the train stage first (dvc repro train)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e):  # not the unpickler's refusal: a damaged file
+            raise DataError(f"{path} is not a model file of this project ({first_line(e)}); "
+                            f"rerun the train stage to write it again") from None
+        # torch's message advises loading it unsafely: never shown for an untrusted file
+        raise DataError(f"{path} holds code or types a model file never has, so it was refused "
+                        f"unread; rerun the train stage to write it again (dvc repro train)") from None
+    except Exception as e:  # noqa: BLE001  truncated zip, not a torch file
+        raise DataError(f"{path} is not a model file of this project ({first_line(e)}); "
+                        f"rerun the train stage to write it again") from None
+    try:
         return model_from_state(state)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: its config no longer builds ({e}); retrain it") from None
-    except Exception as e:  # noqa: BLE001  truncated zip, foreign pickle, missing keys
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path} is not a model file of this project ({first}); "
+    except ConfigError as e:  # the file's config, not params.yaml's
+        raise ConfigError(f"{path}: its config no longer builds "
+                          f"({str(e).removeprefix('params.yaml: ')}); retrain it") from None
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001  missing keys, wrong types
+        raise DataError(f"{path} is not a model file of this project ({first_line(e)}); "
                         f"rerun the train stage to write it again") from None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,7 @@ from pipeline.core.errors import check, positive_int
 from pipeline.data.neighbours import knn_distances
 from pipeline.core.schema import param
 from pipeline.models.blocks import ACTIVATION_MODULES, ConvEncoder, NetConfig, encoder, mlp
+from pipeline.models.size import check_sizes
 
 VAT_XI = 10.0  # finite-difference step of the power iteration (IMSAT's value, L2 on [0,1] pixels)
 # R_aug's warp: isotropic scale and shift drawn uniformly per image, within (rotation,
@@ -67,13 +68,19 @@ class ManagerConfig:
                                        "dilation (t > 0) or erosion (t < 0), t uniform in "
                                        "+-this, at most 1 (0: none)")
 
+    # the widths: as model.net.hidden's bound (IMSAT's 1200 is the widest recipe); the
+    # depth: 32x IMSAT's two layers
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"hidden": NetConfig.SIZE_LIMITS["hidden"]}
+    MAX_LAYERS: ClassVar[int] = 64
+
     def __post_init__(self):
         widths = self.hidden
-        check(widths is None or (isinstance(widths, (list, tuple)) and len(widths) > 0
+        check(widths is None or (isinstance(widths, (list, tuple)) and 0 < len(widths) <= self.MAX_LAYERS
                                  and all(positive_int(w) for w in widths)),
-              "hidden", widths, "use null or a non-empty list of integers >= 1")
+              "hidden", widths, f"use null or a list of 1 to {self.MAX_LAYERS} integers >= 1")
         if widths is not None:
             object.__setattr__(self, "hidden", tuple(widths))
+        check_sizes(self)
         check(self.encoder in (None, "mlp", "conv"), "encoder", self.encoder,
               "use null (= model.net.encoder), 'mlp' or 'conv'")
         check(self.activation is None or self.activation in ACTIVATION_MODULES, "activation",

@@ -18,6 +18,7 @@ from pipeline.core.schema import apply_overrides, build, param
 from pipeline.models.base import GenerativeModel, Kind
 from pipeline.models.blocks import NetConfig
 from pipeline.models.distributions import LikelihoodConfig
+from pipeline.models.size import check_memory, on_meta
 
 SHARED = ("kind", "net", "likelihood")  # the model section's keys that are not kinds
 
@@ -40,6 +41,7 @@ KINDS: Dict[str, Kind] = discover()
 def _post_init(self) -> None:
     check(self.kind in KINDS, "kind", self.kind, f"choose one of {sorted(KINDS)}")
     KINDS[self.kind].model.check_config(self)
+    check_memory(self, meta_model(self))  # a few ms: shapes only, before any stage allocates
 
 
 # The `model` section: kind, the shared parts, then one block per kind (only the block of
@@ -61,6 +63,11 @@ ModelConfig = make_dataclass(
 def build_model(cfg) -> GenerativeModel:
     """A fresh model of kind cfg.kind from the `model` section `cfg` (a ModelConfig)."""
     return KINDS[cfg.kind].model(cfg)
+
+
+def meta_model(cfg) -> GenerativeModel:
+    """The model `cfg` builds, on the meta device: its parameters' shapes, no memory."""
+    return on_meta(lambda: KINDS[cfg.kind].model(cfg))
 
 
 def side_input(cfg, pixels, neighbours=None):

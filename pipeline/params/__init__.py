@@ -71,3 +71,12 @@ def load_params(path: Union[str, Path] = "params.yaml", overrides: Optional[dict
 def with_overrides(params: Params, overrides: Dict[str, Any]) -> Params:
     """params with dotted overrides applied, validated again."""
     return params_from_dict(apply_overrides(to_dict(params), overrides))
+
+
+def active_model(params: Params) -> Dict[str, Any]:
+    """The `model` section as a run of the active kind reads it: kind, net, likelihood and
+    that kind's block alone, defaults filled in. dvc.yaml's model_params stage writes it
+    for the train stage to depend on (a DVC params entry cannot name the active block
+    and survive a typo in model.kind: docs/pipeline.md, "Adding a model kind")."""
+    section = to_dict(params.model)
+    return {key: section[key] for key in ("kind", "net", "likelihood", params.model.kind)}

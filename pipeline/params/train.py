@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Dict, Union
 
 from pipeline.core.errors import check, positive_int
 from pipeline.core.schema import param
+from pipeline.models.size import check_sizes
 
 # Keys that say where and how robustly a run happens, not what it computes: the train
 # stage does not depend on them (changing them reruns nothing), and a sweep cannot set them.
@@ -57,6 +58,10 @@ class TrainConfig:
                                       "run repeats bit for bit on any x86-64 CPU with AVX2 at the "
                                       "same train.threads; slower, see docs/pipeline.md")
 
+    # 100x the recipes' 100 (a batch larger than the training split is refused before Ray
+    # starts anyway: driver.check_before_ray)
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"batch_size": 10_000}
+
     def __post_init__(self):
         check(positive_int(self.epochs), "epochs", self.epochs, "use an integer >= 1")
         check(positive_int(self.num_workers), "num_workers", self.num_workers, "use an integer >= 1")
@@ -64,7 +69,7 @@ class TrainConfig:
               "use global or worker")
         check(self.lr_scaling in LR_SCALING, "lr_scaling", self.lr_scaling,
               f"use one of {', '.join(LR_SCALING)}")
-        check(positive_int(self.batch_size), "batch_size", self.batch_size, "use an integer >= 1")
+        check_sizes(self)
         check(self.batch_scope == "worker" or self.batch_size % self.num_workers == 0,
               "batch_size", self.batch_size,
               f"use a multiple of train.num_workers={self.num_workers} (it is the global batch), "

@@ -22,7 +22,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from pipeline.core.errors import ConfigError, DataError, TrainError
+from pipeline.core.errors import ConfigError, DataError, Interrupted, TrainError
 from pipeline.core.storage import filesystem, join, resolve_storage
 from pipeline.core.schema import to_dict
 from pipeline.data.load import load_split, read_manifest
@@ -36,8 +36,9 @@ from pipeline.sweep.trial import DIVERGED, TrialSetup, run_trial
 Log = Callable[[str], None]
 
 
-class SweepInterrupted(TrainError):
-    """The sweep stopped before every trial ended (Ctrl-C); rerunning continues it."""
+class SweepInterrupted(Interrupted):
+    """The sweep stopped before every trial ended (Ctrl-C, SIGTERM: Tune saved its state);
+    rerunning continues it. The stage exits 128 + the signal, as the others do."""
 
 
 def sweep_name(params: Params, manifest: dict) -> str:
@@ -167,7 +168,10 @@ def run_sweep(params: Params, shard_dir: Path, log: Log = say,
                            *([TBXLoggerCallback()] if params.train.tensorboard else [])]))
         if params.train.tensorboard:
             log(f"tune: TensorBoard logs in the trial folders: tensorboard --logdir {path}")
-    results = tuner.fit()
+    from pipeline.core.ray_env import head_watch
+
+    with head_watch("sweep", path):  # a dead head: one line and exit 1 in seconds, not Ray's 60 s
+        results = tuner.fit()
     ended = results.num_terminated + results.num_errors
     if len(results) < total or ended < len(results):
         raise SweepInterrupted(f"sweep interrupted with {ended} of {total} trials ended; rerun "

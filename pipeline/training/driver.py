@@ -13,15 +13,17 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from pipeline.core.errors import DataError, Interrupted, TrainError
+from pipeline.core.failures import WriteError, first_line
 from pipeline.core.figures import grid_image, over_epochs
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.schema import to_dict
 from pipeline.core.storage import delete_tree, join, resolve_storage
-from pipeline.data.load import read_manifest
+from pipeline.data.load import check_shards, read_manifest
 from pipeline.data.neighbours import read_neighbours
 from pipeline.params import Params
 from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE
-from pipeline.training.worker import checkpoints, registered_history, train_loop_per_worker
+from pipeline.training.worker import (WorkerFailed, checkpoints, registered_history,
+                                      train_loop_per_worker)
 
 
 def run_name(params: Params, manifest: dict) -> str:
@@ -33,12 +35,28 @@ def run_name(params: Params, manifest: dict) -> str:
 def check_before_ray(params: Params, shard_dir: Path) -> dict:
     """Data problems that would otherwise surface deep inside a worker, as one line."""
     manifest = read_manifest(shard_dir)
+    check_shards(shard_dir, "train")  # columns, types, rows: the footers only
     tcfg = params.train
     rows = sum(e["rows"] for e in manifest["splits"]["train"])
     if rows < tcfg.global_batch:
         raise DataError(f"the {rows} training rows are fewer than one global batch of "
                         f"{tcfg.global_batch}; lower train.batch_size")
     return manifest
+
+
+def failure_cause(failure: BaseException) -> str:
+    """One line for a worker's failure as Ray Train reports it: the line a worker raised
+    (worker.WorkerFailed), Ray's memory monitor killing it, or the exception's last line."""
+    import ray.exceptions
+
+    base = getattr(failure, "_base_exc", failure)  # Train wraps it with its traceback text
+    if isinstance(base, WorkerFailed):
+        return str(base)
+    if isinstance(base, ray.exceptions.OutOfMemoryError):
+        return ("a worker ran out of memory and Ray stopped it; lower train.batch_size or the "
+                "model's sizes, or give the workers more memory")
+    lines = str(failure).strip().splitlines()
+    return lines[-1] if lines else type(base).__name__
 
 
 def what_is_kept(run_dir: str) -> str:
@@ -182,8 +200,8 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print,
                                    every=1.0 if "://" not in storage else 10.0)
     except ray.train.TrainingFailedError as e:
         failures = getattr(e, "worker_failures", {}) or {}
-        causes = sorted({str(f).strip().splitlines()[-1] for f in failures.values()}) or [str(e)]
-        raise TrainError(f"training failed: {causes[0]}; {what_is_kept(run_dir)}") from e
+        causes = sorted({failure_cause(f) for f in failures.values()}) or [first_line(e)]
+        raise TrainError(f"training failed: {causes[0]}; {what_is_kept(run_dir)}") from None
     except KeyboardInterrupt:
         ray.shutdown()  # the run stops here, so the checkpoint named is the one kept
         raise interrupted(run_dir, tcfg.epochs) from None
@@ -209,6 +227,19 @@ def write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path,
     Results and timings are kept apart: the dvclive folder holds only what params, seed
     and the numerics decide (two runs on one machine give the same bytes); `record` holds
     the wall time, throughput and the environment that repeating the run needs."""
+    try:
+        _write_outputs(state, params, model_path, live_dir, record)
+    except WriteError as e:  # a full disk, say: the finished run stays, to write them from
+        raise WriteError(f"{e}; the trained model stays in {state['run_dir']}, so a rerun "
+                         f"only writes the outputs") from None
+    kept = delete_tree(state["run_dir"])
+    if kept:
+        log(f"train: {kept}; delete it by hand")
+    log(f"train: wrote {model_path}, {live_dir}/ (metrics.json, plots/), {record}")
+
+
+def _write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path,
+                   record: Path) -> None:
     from pipeline.core.tracking import log_epochs, open_live
 
     with atomic_path(model_path) as tmp:
@@ -242,7 +273,3 @@ def write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path,
         "environment": state["environment"],
         "epochs": timings,
     })
-    kept = delete_tree(state["run_dir"])
-    if kept:
-        log(f"train: {kept}; delete it by hand")
-    log(f"train: wrote {model_path}, {live_dir}/ (metrics.json, plots/), {record}")

@@ -18,19 +18,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from pipeline.core.distributed import first_message
 from pipeline.core.errors import PipelineError
-from pipeline.core.storage import filesystem, join
+from pipeline.core.failures import WriteError, describe, write_error
+from pipeline.core.storage import delete_tree, filesystem, join
 from pipeline.data.load import load_split
 from pipeline.models.base import GenerativeModel
 from pipeline.data.neighbours import read_neighbours
 from pipeline.models.registry import build_model, side_input
 from pipeline.params import params_from_dict
-from pipeline.training.loop import (compiled, component_snapshot, describe_environment,
+from pipeline.training.loop import (STATE_FILE, compiled, component_snapshot, describe_environment,
                                     describe_hardware, load_state, make_optimizer, save_state,
                                     set_deterministic, train_epoch)
 from pipeline.training.restarts import cluster_information, select
@@ -89,13 +90,49 @@ def wait_until_registered(run_dir: str, epoch: int, timeout: float = 10.0) -> No
         time.sleep(0.05)
 
 
+class WorkerFailed(Exception):
+    """What a worker raises for a failure it cannot return alone (see train_loop_per_worker):
+    its message is the one line the driver prints."""
+
+
+def quiet_console() -> Optional[str]:
+    """Keep worker tracebacks out of the console: Ray Train logs a failed training
+    function's traceback to its console handler and to its worker log file; only the file
+    keeps it. Returns that file's path (the error lines point to it)."""
+    from ray.train.v2._internal.logging.logging import (SessionFileHandler,
+                                                         get_train_application_worker_log_path)
+
+    def no_traceback(record: logging.LogRecord) -> bool:
+        return not (record.exc_info or "Traceback (most recent call last)" in str(record.msg))
+
+    for handler in logging.getLogger("ray.train").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.addFilter(no_traceback)
+    return get_train_application_worker_log_path()
+
+
 def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train entry point; runs on every worker. Returns {} or {"error": one line}."""
+    """Ray Train entry point; runs on every worker. Returns {} or {"error": one line}.
+
+    Any other failure becomes one line too (core.failures.describe), its traceback going
+    to Ray Train's worker log, not the console. A single worker returns a failure no retry
+    can mend (a full disk, memory); with several, the others may be waiting for this one
+    in a collective, so it raises WorkerFailed and Ray Train stops the group."""
+    log_file = quiet_console()
     try:
         _train(config)
         return {}
-    except PipelineError as e:  # raised on every rank together (see the module docstring)
-        return {"error": str(e)}
+    except Exception as e:  # noqa: BLE001  (one line here, the traceback in the log)
+        if isinstance(e, PipelineError) and not isinstance(e, WriteError):
+            return {"error": str(e)}  # raised on every rank together (module docstring)
+        line, retryable = describe(e, config.get("run_dir"))
+        logging.getLogger("ray.train").error("training failed: %s", line, exc_info=True)
+        line += f" (traceback in {log_file})" if log_file and not isinstance(e, WriteError) else ""
+        import ray.train
+
+        if retryable or ray.train.get_context().get_world_size() > 1:
+            raise WorkerFailed(line) from None
+        return {"error": line}
 
 
 def _train(config: dict) -> None:
@@ -171,14 +208,22 @@ def _train(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:
-                save_state(d, run.raw, run.opt, len(run.history), history=json.dumps(run.history),
-                           timings=json.dumps(run.timings), snapshots=torch.stack(run.snapshots),
-                           hardware=hardware, environment=json.dumps(environment),
-                           seed=run.seed, restarts=json.dumps(restarts), side_seconds=side_seconds)
+                try:
+                    save_state(d, run.raw, run.opt, len(run.history), history=json.dumps(run.history),
+                               timings=json.dumps(run.timings), snapshots=torch.stack(run.snapshots),
+                               hardware=hardware, environment=json.dumps(environment), seed=run.seed,
+                               restarts=json.dumps(restarts), side_seconds=side_seconds)
+                except (OSError, RuntimeError) as e:
+                    raise write_error(Path(d) / STATE_FILE, e, "TMPDIR") from e
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-            # the history rides along for the driver's live logs (registered_history)
-            ray.train.report({"epoch": len(run.history), "history": json.dumps(run.history)},
-                             checkpoint=checkpoint, checkpoint_dir_name=name)
+            try:  # the history rides along for the driver's live logs (registered_history)
+                ray.train.report({"epoch": len(run.history), "history": json.dumps(run.history)},
+                                 checkpoint=checkpoint, checkpoint_dir_name=name)
+            except OSError as e:  # storage full, say: drop the half-copied checkpoint
+                target = join(config["run_dir"], name) if config.get("run_dir") else None
+                if target and rank == 0:
+                    delete_tree(target)
+                raise write_error(target or name, e, "train.storage_path") from e
 
     def log(line: str) -> None:
         if rank == 0:

@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.distributed import global_batch_sum
-from pipeline.core.errors import check, positive_int
+from pipeline.core.errors import check
 from pipeline.core.schema import param
 from pipeline.models.base import GenerativeModel, Kind
 from pipeline.models.blocks import decoder, encoder
 from pipeline.models.kinds.moe_vae import MoEVAE
 from pipeline.models.manager import (ManagerConfig, balancing_loss, build_manager, check_manager_input,
                                      manager_terms)
+from pipeline.models.size import check_sizes
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,12 @@ class HMoEVAEConfig:
     manager: ManagerConfig = param(factory=ManagerConfig, doc="the top-level manager and its terms "
                                                               "(as model.moe_vae.manager)")
 
+    # as moe_vae's experts; sub_experts 30x the recipes' 3 (the K x J sub-experts together
+    # are bounded by size.check_memory)
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"experts": 1000, "sub_experts": 100}
+
     def __post_init__(self):
-        for key in ("experts", "sub_experts"):
-            check(positive_int(getattr(self, key)), key, getattr(self, key), "use an integer >= 1")
+        check_sizes(self)
         for key in ("balancing_weight", "sub_balancing_weight"):
             value = getattr(self, key)
             check(math.isfinite(value) and value >= 0, key, value, "use a finite number >= 0")

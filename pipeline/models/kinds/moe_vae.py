@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from pipeline.models.distributions import kl_std_normal, log_normal, log_std_nor
 from pipeline.models.manager import (ManagerConfig, balancing_loss, build_manager, check_manager_input,
                                      knn_radius, manager_terms, radius_from, wants_radius)
 from pipeline.models.routing import routed_expert_loss
+from pipeline.models.size import check_sizes
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,12 @@ class MoEVAEConfig:
                                        "K experts' weights; 1: unchanged")
     manager: ManagerConfig = param(factory=ManagerConfig, doc="the manager network and its terms")
 
+    # 50-100x the recipes (10 to 20 experts, expert_batch_scale 5): a typo is refused before
+    # a worker builds K expert VAEs, each of them with its own copy of every net size
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"experts": 1000, "expert_batch_scale": 500}
+
     def __post_init__(self):
-        check(positive_int(self.experts), "experts", self.experts, "K must be an integer >= 1")
+        check_sizes(self)
         check(math.isfinite(self.balancing_weight) and self.balancing_weight >= 0, "balancing_weight",
               self.balancing_weight, "use a finite number >= 0")
         check(self.top_k is None or (positive_int(self.top_k) and self.top_k <= self.experts), "top_k",
@@ -65,8 +70,6 @@ class MoEVAEConfig:
               self.warmup_epochs, "use an integer >= 0 (0: no warm-up)")
         check(self.manager_epochs is None or positive_int(self.manager_epochs), "manager_epochs",
               self.manager_epochs, "use null (the manager trains every epoch) or an integer >= 1")
-        check(positive_int(self.expert_batch_scale), "expert_batch_scale", self.expert_batch_scale,
-              "use an integer >= 1 (1: the experts keep train.batch_size)")
         check(self.expert_batch_scale == 1 or self.manager_epochs is not None, "expert_batch_scale",
               self.expert_batch_scale, "it scales the batch once the manager is fixed; set "
                                        "model.moe_vae.manager_epochs too, or use 1")

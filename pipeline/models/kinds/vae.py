@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict
+from typing import ClassVar, Dict
 
 import torch
 
-from pipeline.core.errors import check, positive_int
 from pipeline.core.schema import param
 from pipeline.models.base import GenerativeModel, Kind
 from pipeline.models.blocks import decoder, encoder
 from pipeline.models.distributions import kl_std_normal, log_normal, log_std_normal
+from pipeline.models.size import check_sizes
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,12 @@ class VAEConfig:
     """The standard VAE."""
     importance_samples: int = param(1, "S > 1: train on the IWAE bound with S samples; 1 = the ELBO")
 
+    # 200x the largest recipe (vae_iwae5), 20x the IWAE paper's largest k = 50: each sample
+    # is a (B, 784) decode per step
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"importance_samples": 1000}
+
     def __post_init__(self):
-        check(positive_int(self.importance_samples), "importance_samples", self.importance_samples,
-              "use an integer >= 1 (1: the ELBO)")
+        check_sizes(self)
 
 
 class VAE(GenerativeModel):
