@@ -63,7 +63,9 @@ def test_a_corrupt_shard_of_one_worker_is_one_line_without_a_traceback(ray_sessi
     from pipeline.core.errors import PipelineError
 
     shard = sorted(tiny_shards.glob("**/train-*.parquet"))[1]  # rank 1's only shard
-    shard.write_bytes(shard.read_bytes()[:-7] + b"garbage")
+    data = bytearray(shard.read_bytes())  # a flipped byte in its pages, its footer intact:
+    data[len(data) // 3] ^= 0xFF  # the driver's footer check passes, the worker's checksum fails
+    shard.write_bytes(bytes(data))
     with pytest.raises(PipelineError) as e:
         fit(tiny_params(tmp_path, max_failures=2), tiny_shards, log=lambda s: None)
     assert "checksum differs from manifest.json" in str(e.value) and "\n" not in str(e.value)
