@@ -164,3 +164,11 @@ def test_a_failed_log_likelihood_task_is_one_line():
 
     failed = ray.exceptions.RayTaskError("_worker", "Traceback (most recent call last):\n  ...", MemoryError())
     assert task_failure(failed).startswith("out of memory") and "\n" not in task_failure(failed)
+
+
+def test_a_full_disk_whose_free_space_cannot_be_read_is_still_one_line(tmp_path, monkeypatch):
+    import pipeline.core.failures as failures
+
+    monkeypatch.setattr(failures, "free_bytes", lambda path: None)  # disk_usage refused
+    line = str(write_error(tmp_path / "m.pt", OSError(errno.ENOSPC, "No space left on device")))
+    assert line.startswith(f"no space left on the device while writing {tmp_path / 'm.pt'}; free")

@@ -61,9 +61,9 @@ def write_error(path, e: BaseException, elsewhere: str = "") -> WriteError:
     # by the half-written file tells the same
     if no_space(e) or (free is not None and free < 2**20 and is_write_failure(e)):
         move = f" or set {elsewhere} to another disk" if elsewhere else ""
-        return WriteError(f"no space left on the device while writing {path} ({free / 2**20:.1f} "
-                          f"MB free there); free some space{move} and rerun (nothing "
-                          f"half-written was kept)")
+        left = f" ({free / 2**20:.1f} MB free there)" if free is not None else ""
+        return WriteError(f"no space left on the device while writing {path}{left}; free some "
+                          f"space{move} and rerun (nothing half-written was kept)")
     reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
     return WriteError(f"could not write {path}: {reason}; check the folder and rerun")
 
@@ -97,10 +97,3 @@ def describe(e: BaseException, where: Optional[str] = None) -> Tuple[str, bool]:
         isinstance(e, OSError) and e.errno not in (errno.EACCES, errno.EROFS, errno.ENOENT))
     return f"{type(e).__name__}: {first_line(e)}", retryable
 
-
-def fail_one_line(e: BaseException) -> Optional[str]:
-    """The line for a stage to print for an exception outside the project's own types, or
-    None for one that is a bug (it keeps its traceback)."""
-    if no_space(e) or out_of_memory(e) or isinstance(e, OSError):
-        return describe(e)[0]
-    return None
