@@ -168,7 +168,8 @@ def stale_runs(repo):
 def test_experiments_and_sweep_pipelines(repo):
     out = sh("dvc repro experiments/dvc.yaml", repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    runs = {"experiments/dvc.yaml:run@" + r for r in ("tiny_vae-0", "tiny_moe-0", "tiny_moe-1", "tiny_hmoe-0")}
+    runs = {f"experiments/dvc.yaml:{stage}@{r}" for r in ("tiny_vae-0", "tiny_moe-0", "tiny_moe-1", "tiny_hmoe-0")
+            for stage in ("run", "validate")}
     assert ran == {"prepare", "neighbours", "experiments/dvc.yaml:table"} | runs  # not the main job
     table = (repo / "experiments/table.md").read_text()
     current, historical = table.split("## Historical")
@@ -180,6 +181,8 @@ def test_experiments_and_sweep_pipelines(repo):
     assert json.loads((runs_dir / "tiny_vae/seed0/train.json").read_text())["epochs"] == 1
     record = json.loads((runs_dir / "tiny_moe/seed1/train_run.json").read_text())
     assert "manager_loss" in json.loads((runs_dir / "tiny_moe/seed1/train.json").read_text())
+    val = json.loads((runs_dir / "tiny_moe/seed1/validation.json").read_text())  # the last train rows
+    assert 0 <= val["val_cluster_accuracy"] <= 1 and val["val_mutual_info"] >= 0
     assert "worker" in record["hardware"] and record["train_seconds"] > 0
     assert (cache / "tiny_moe/seed1/model.pt").exists()
     assert (cache / "tiny_vae/seed0/evaluate/plots/images/latent.png").exists()

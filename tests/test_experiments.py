@@ -128,16 +128,20 @@ def test_table_has_current_and_historical_rows(tmp_path):
     md, csv = tmp_path / "t.md", tmp_path / "t.csv"
     assert "| p |" not in write_table(index, runs, archive, md, csv)  # nothing run yet: no row
     fake_run(run_dir(runs, "p", 0), 0.9, -90.0, 120)
-    assert "| 0.9000 (n=1 of 2) | 0.5000 | 90.00 |" in write_table(index, runs, archive, md, csv)
+    assert "| 0.9000 (n=1 of 2) | - | 0.5000 | 90.00 | - |" in write_table(index, runs, archive, md, csv)
     fake_run(run_dir(runs, "p", 1), 0.8, -92.0, 180)
+    for seed, val, sem in ((0, 0.91, 0.3), (1, 0.81, 0.5)):  # the validate stage's, evaluate's s.e.
+        (run_dir(runs, "p", seed) / "validation.json").write_text(json.dumps({"val_cluster_accuracy": val}))
+        evaluate = run_dir(runs, "p", seed) / "evaluate.json"
+        evaluate.write_text(json.dumps({**json.loads(evaluate.read_text()), "test_log_likelihood_sem": sem}))
     fake_run(run_dir(archive / "runs", "old", 3), 0.7, -95.0, 60, current=False)
     (archive / "index.yaml").write_text(yaml.safe_dump({"presets": {"old": {
         "description": "an old recipe", "kind": "vae", "likelihood": "bernoulli", "commits": {3: "abc1234"}}}}))
     table = write_table(index, runs, archive, md, csv)
     current, historical = table.split("## Historical")
-    assert ("| p | moe_vae | tiny recipe | 0.8500 ± 0.0707 (n=2) | 0.5000 | 91.00 ± 1.41 | "
+    assert ("| p | moe_vae | tiny recipe | 0.8500 ± 0.0707 (n=2) | 0.8600 ± 0.0707 | 0.5000 | 91.00 ± 1.41 | 0.40 | "
             "bernoulli (100 images × 5000 samples) | 1 | 2.5 | 1 worker x CPU (2 threads) | current |") in current
-    assert "| old | vae | an old recipe | 0.7000 (n=1) |" in historical and "historical @ abc1234 |" in historical
+    assert "| old | vae | an old recipe | 0.7000 (n=1) | - |" in historical and "historical @ abc1234 |" in historical
     assert md.read_text() == table
     header, *rows = csv.read_text().splitlines()
     assert header.startswith("preset,kind,recipe,source,seeds") and len(rows) == 2

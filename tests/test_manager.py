@@ -189,6 +189,35 @@ def test_warp_params_reject_bad_values(key, value):
         ManagerConfig(**{key: value})
 
 
+@pytest.mark.parametrize("kind", ["moe_vae", "hmoe_vae"])
+def test_augment_from_adds_the_warp_term_only_after_its_epochs(kind):
+    torch.manual_seed(0)
+    spec = {f"{kind}.manager.{k}": v for k, v in {**MANAGER, "augment_from": 2}.items()}
+    model = build_model(model_config({"kind": kind, **spec, f"{kind}.experts": 3,
+                                      "net.latent_dim": 4, "net.hidden": 32}))
+    x = (torch.rand(8, 784) < 0.3).float()
+    for epoch, warped in ((0, False), (1, False), (2, True), (5, True)):
+        model.set_epoch(epoch)
+        assert ("augment_consistency" in model(x)) == warped, epoch
+    with pytest.raises(ValueError, match="augment_from"):
+        ManagerConfig(augment_from=-1)
+
+
+def test_a_model_file_stores_augment_from_only_where_it_is_set(tmp_path):
+    """A key added later leaves the files written before it as they were (their DVC hashes
+    stay true) and reads back as set."""
+    from pipeline.models.checkpoint import load_model, model_state, save_model
+
+    default, later = (build_model(model_config({"moe_vae.experts": 2, "net.hidden": 8,
+                                                "moe_vae.manager.augment_from": n})) for n in (0, 3))
+    assert "augment_from" not in model_state(default)["config"]["moe_vae"]["manager"]
+    assert model_state(later)["config"]["moe_vae"]["manager"]["augment_from"] == 3
+    save_model(later, tmp_path / "m.pt")
+    save_model(default, tmp_path / "d.pt")
+    assert load_model(tmp_path / "m.pt").spec.manager.augment_from == 3
+    assert load_model(tmp_path / "d.pt").spec.manager.augment_from == 0
+
+
 def test_manager_warmup_detaches_the_expert_loss_from_the_manager():
     torch.manual_seed(0)
     model = build_model(small(manager_warmup_epochs=1))

@@ -295,7 +295,7 @@ def test_the_second_level_is_checked_before_a_sweep():
 
 
 def test_mutual_information_is_high_for_sure_even_clusters_and_zero_for_one():
-    from pipeline.sweep.trial import mutual_information
+    from pipeline.evaluation.metrics import mutual_information
 
     sure_even = torch.eye(4).repeat(5, 1)  # (20, 4): each image sure, clusters used evenly
     assert mutual_information(sure_even) == pytest.approx(np.log(4))

@@ -15,11 +15,14 @@ from typing import Any, Dict, Optional, Union, get_args, get_origin, get_type_hi
 from pipeline.core.errors import ConfigError, FieldError
 
 
-def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None):
-    """A dataclass field with its description; `factory` for mutable or nested defaults."""
+def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None,
+          added: bool = False):
+    """A dataclass field with its description; `factory` for mutable or nested defaults.
+    added: a key added after runs were recorded, whose default leaves them as they were;
+    to_dict(compact=True) leaves it out at its default (see there)."""
     if factory is not None:
         return field(default_factory=factory, metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc, "added": added})
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -86,14 +89,20 @@ def build(cls, values: Optional[dict], prefix: str):
         raise e.at(prefix) from None
 
 
-def to_dict(cfg: Any) -> Any:
-    """A dataclass tree as plain dicts, lists and scalars (tuples become lists: YAML's view)."""
+def to_dict(cfg: Any, compact: bool = False) -> Any:
+    """A dataclass tree as plain dicts, lists and scalars (tuples become lists: YAML's view).
+    compact: leave out the keys declared `added` that hold their default. A model file and
+    models/params.yaml store the config this way, so a key added later with a default that
+    changes nothing leaves their bytes, and every DVC hash recorded over them, as they were
+    (and an older checkout still reads a file that does not use it); reading one back fills
+    the default in."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: to_dict(getattr(cfg, f.name), compact) for f in dataclasses.fields(cfg)
+                if not (compact and f.metadata.get("added") and getattr(cfg, f.name) == f.default)}
     if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
+        return [to_dict(v, compact) for v in cfg]
     if isinstance(cfg, dict):
-        return {k: to_dict(v) for k, v in cfg.items()}
+        return {k: to_dict(v, compact) for k, v in cfg.items()}
     return cfg
 
 

@@ -44,6 +44,15 @@ def cluster_scores(labels: np.ndarray, clusters: np.ndarray, n_clusters: int) ->
             "ari": float(adjusted_rand_score(labels, clusters))}
 
 
+def mutual_information(probs: torch.Tensor) -> float:
+    """I(x; k) = H(E_x[p(k|x)]) - E_x[H(p(k|x))] in nats, for (N, C) soft assignments.
+    High when every image is sure of its cluster (small second term) and the clusters are
+    used evenly (large first term); at most log C. IMSAT maximises it; no label enters."""
+    p = probs.double().clamp_min(1e-12)
+    marginal = p.mean(0)  # (C,)
+    return float(-(marginal * marginal.log()).sum() + (p * p.log()).sum(1).mean())
+
+
 def prepare_test(model: GenerativeModel, pixels: np.ndarray, seed: int) -> torch.Tensor:
     """uint8 (N, 784) -> float x; the Bernoulli likelihood binarizes once with a fixed seed
     so every model and every commit is scored on the same binary test set."""

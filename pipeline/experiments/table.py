@@ -44,6 +44,9 @@ def read_run(path: Path) -> Optional[Dict[str, dict]]:
                 break
         else:
             return None
+    validation = path / "validation.json"  # the validate stage's scores, where it ran
+    if validation.exists():
+        found["validation"] = json.loads(validation.read_text())
     record = path / "train_run.json"
     if record.exists():
         found["train"].update({k: v for k, v in json.loads(record.read_text()).items()
@@ -62,12 +65,19 @@ def row(preset: str, info: dict, runs: List[Dict[str, dict]], of_seeds: int, sou
     train, evaluate = [r["train"] for r in runs], [r["evaluate"] for r in runs]
     acc = [e["cluster_accuracy"] for e in evaluate]
     nll = [-e["test_log_likelihood"] for e in evaluate]
+    val = [r["validation"]["val_cluster_accuracy"] for r in runs if "validation" in r]
     return {
         "preset": preset, "kind": info["kind"], "recipe": info["description"], "source": source,
         "seeds": len(runs), "of_seeds": of_seeds,
         "cluster_accuracy_mean": float(np.mean(acc)), "cluster_accuracy_std": sample_std(acc),
         "nmi_mean": float(np.mean([e.get("nmi", float("nan")) for e in evaluate])),
-        "nll_mean": float(np.mean(nll)), "nll_std": sample_std(nll), "likelihood": info["likelihood"],
+        "val_accuracy_mean": float(np.mean(val)) if len(val) == len(runs) else float("nan"),
+        "val_accuracy_std": sample_std(val) if len(val) == len(runs) else float("nan"),
+        "nll_mean": float(np.mean(nll)), "nll_std": sample_std(nll),
+        # each run's standard error over its test images, averaged: every seed is scored on
+        # the same images, so this part of the error does not shrink with more seeds
+        "nll_sem": float(np.mean([e.get("test_log_likelihood_sem", float("nan")) for e in evaluate])),
+        "likelihood": info["likelihood"],
         "ll_images": evaluate[0].get("ll_images", ""), "iw_samples": evaluate[0].get("iw_samples", ""),
         "epochs": train[0]["epochs"],
         "train_minutes": float(np.mean([t["train_seconds"] for t in train]) / 60),
@@ -106,16 +116,29 @@ def mean_std(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
 
+def val_text(r: Dict) -> str:
+    """The validation accuracy, or "-" where a run has no validation scores."""
+    if np.isnan(r.get("val_accuracy_mean", float("nan"))):
+        return "-"
+    return mean_std(r["val_accuracy_mean"], r["val_accuracy_std"], r["seeds"], 4)
+
+
+def sem_text(r: Dict) -> str:
+    return "-" if np.isnan(r["nll_sem"]) else f"{r['nll_sem']:.2f}"
+
+
 def markdown(rows: List[Dict]) -> str:
-    head = ("| preset | kind | recipe | cluster accuracy (mean ± std) | NMI | NLL, nats (mean ± std) "
-            "| likelihood | epochs | train min / seed | hardware | runs |")
+    head = ("| preset | kind | recipe | cluster accuracy (mean ± std) | validation accuracy | NMI "
+            "| NLL, nats (mean ± std) | NLL s.e. (test images) | likelihood | epochs "
+            "| train min / seed | hardware | runs |")
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     for r in rows:
         acc = mean_std(r["cluster_accuracy_mean"], r["cluster_accuracy_std"], r["seeds"], 4)
         nll = mean_std(r["nll_mean"], r["nll_std"], r["seeds"], 2)
         n = r["seeds"] if r["of_seeds"] == r["seeds"] else f"{r['seeds']} of {r['of_seeds']}"
         lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={n}) | "
-                     f"{r['nmi_mean']:.4f} | {nll} | {r['likelihood']} ({r['ll_images']} images × "
+                     f"{val_text(r)} | {r['nmi_mean']:.4f} | {nll} | {sem_text(r)} | "
+                     f"{r['likelihood']} ({r['ll_images']} images × "
                      f"{r['iw_samples']} samples) | {r['epochs']} | {r['train_minutes']:.1f} | "
                      f"{r['hardware']} | {r['source']} |")
     return "\n".join(lines) + "\n"

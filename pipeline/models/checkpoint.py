@@ -63,7 +63,7 @@ def upgrade_v2(flat: dict) -> dict:
 
 
 def model_state(model: GenerativeModel) -> dict:
-    return {"format": FORMAT_VERSION, "kind": model.cfg.kind, "config": to_dict(model.cfg),
+    return {"format": FORMAT_VERSION, "kind": model.cfg.kind, "config": to_dict(model.cfg, compact=True),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 

@@ -61,6 +61,9 @@ class ManagerConfig:
     deskew: bool = param(False, "the network reads each image deskewed: sheared upright by its "
                                 "ink's second moments and centred on its centre of mass")
     augment_weight: float = param(0.0, "weight of KL(p(k|x) || p(k|random warp of x))")
+    augment_from: int = param(0, "the augment term joins after this many epochs (0: from the first; "
+                                 "N: IMSAT's terms form the clusters, then the warps tidy their "
+                                 "borders)", added=True)
     augment_rotate: float = param(12.0, "the warp's rotation, uniform in +-this many degrees")
     augment_shear: float = param(0.0, "the warp's slant: x' = x + s y, s uniform in +-this "
                                       "(0: none; 0.3 slants up to about 17 degrees)")
@@ -89,6 +92,8 @@ class ManagerConfig:
                     "augment_rotate", "augment_shear"):
             value = getattr(self, key)
             check(math.isfinite(value) and value >= 0, key, value, "use a number >= 0")
+        check(isinstance(self.augment_from, int) and self.augment_from >= 0, "augment_from",
+              self.augment_from, "use an integer >= 0 (0: from the first epoch)")
         check(0 <= self.augment_stroke <= 1, "augment_stroke", self.augment_stroke,
               "use a number in [0, 1] (1: up to a full 3x3 dilation or erosion)")
         check(math.isfinite(self.consistency_eps) and self.consistency_eps > 0, "consistency_eps",
@@ -248,8 +253,9 @@ def wants_radius(cfg: ManagerConfig) -> bool:
 
 def manager_terms(cfg: ManagerConfig, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                   logits: torch.Tensor, probs: torch.Tensor,
-                  radius: Optional[torch.Tensor] = None) -> dict:
+                  radius: Optional[torch.Tensor] = None, augment: bool = True) -> dict:
     """The weighted manager terms that are switched on, and their sum under 'manager_loss'.
+    augment: False leaves the augment term out (the first cfg.augment_from epochs).
     radius: (B,) the images' knn_radius (training with consistency_radius: knn); None
     gives every image the radius consistency_eps (also where knn is set: scoring, tests)."""
     parts, total = {}, torch.zeros((), device=x.device)
@@ -264,7 +270,7 @@ def manager_terms(cfg: ManagerConfig, f: Callable[[torch.Tensor], torch.Tensor],
         eps = cfg.consistency_eps if radius is None else cfg.consistency_eps * radius
         parts["consistency"] = vat_loss(f, x, target, eps)
         total = total + cfg.consistency_weight * parts["consistency"]
-    if cfg.augment_weight > 0:
+    if cfg.augment_weight > 0 and augment:
         warped = random_affine(x, rotate=cfg.augment_rotate, shear=cfg.augment_shear,
                                stroke=cfg.augment_stroke)
         parts["augment_consistency"] = _kl_from(target, f(warped))

@@ -78,5 +78,5 @@ def active_model(params: Params) -> Dict[str, Any]:
     that kind's block alone, defaults filled in. dvc.yaml's model_params stage writes it
     for the train stage to depend on (a DVC params entry cannot name the active block
     and survive a typo in model.kind: docs/pipeline.md, "Adding a model kind")."""
-    section = to_dict(params.model)
+    section = to_dict(params.model, compact=True)
     return {key: section[key] for key in ("kind", "net", "likelihood", params.model.kind)}

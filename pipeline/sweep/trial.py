@@ -25,7 +25,7 @@ import torch
 
 from pipeline.core.schema import apply_overrides
 from pipeline.evaluation.likelihood import iw_log_likelihood
-from pipeline.evaluation.metrics import cluster_scores, prepare_test
+from pipeline.evaluation.metrics import cluster_scores, mutual_information, prepare_test
 from pipeline.models.registry import build_model, side_input, side_key
 from pipeline.params import Params, params_from_dict
 from pipeline.training.loop import (NonFiniteLossError, compiled, load_state, make_optimizer,
@@ -48,15 +48,6 @@ class TrialSetup:
     side_key: Optional[tuple] = None  # the base params' side input, made once for every
     side: Optional[torch.Tensor] = None  # trial whose side_key is the same (CPU, (n, ...))
     neighbours: Optional[torch.Tensor] = None  # the neighbours stage's (n, k), for the rest
-
-
-def mutual_information(probs: torch.Tensor) -> float:
-    """I(x; k) = H(E_x[p(k|x)]) - E_x[H(p(k|x))] in nats, for (N, C) soft assignments.
-    High when every image is sure of its cluster (small second term) and the clusters are
-    used evenly (large first term); at most log C. IMSAT maximises it; no label enters."""
-    p = probs.double().clamp_min(1e-12)
-    marginal = p.mean(0)  # (C,)
-    return float(-(marginal * marginal.log()).sum() + (p * p.log()).sum(1).mean())
 
 
 @torch.no_grad()

@@ -79,6 +79,7 @@ class HMoEVAE(MoEVAE):
         self.sub_managers = encoder(k, net, n_pixels, j)  # (B, D) -> (K, B, J)
         self.encoders = encoder(k * j, net, n_pixels, 2 * net.latent_dim)  # -> (K*J, B, 2L)
         self.decoders = decoder(k * j, net, n_pixels)  # (K*J, B, L) -> (K*J, B, D)
+        self.set_epoch(0)  # MoEVAE's: the epoch-dependent switches (manager.augment_from)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -120,7 +121,8 @@ class HMoEVAE(MoEVAE):
         kl = (weights * leaf_kl.t().view(b, k, j)).sum((1, 2)).mean()
         balancing = balancing_loss(probs)
         sub_balancing = sub_balancing_loss(probs, sub_probs)
-        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs, radius)
+        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs, radius,
+                              augment=self.augmenting)
         loss = (expected + self.spec.balancing_weight * balancing
                 + self.spec.sub_balancing_weight * sub_balancing + extra.get("manager_loss", 0.0))
         return {"loss": loss, "expected_expert_loss": expected, "balancing_loss": balancing,

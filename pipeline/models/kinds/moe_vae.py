@@ -92,6 +92,7 @@ class MoEVAE(GenerativeModel):
         # on it, so a compiled step recompiles when the warm-up ends, not every epoch
         self.warming_up = epoch < getattr(self.spec, "warmup_epochs", 0)  # hmoe_vae: none
         self.manager_fixed = self.manager_fixed_at(epoch)
+        self.augmenting = epoch >= self.spec.manager.augment_from
 
     def manager_fixed_at(self, epoch: int) -> bool:
         """manager_epochs: from that epoch on, the manager is fixed and only the experts train."""
@@ -202,7 +203,8 @@ class MoEVAE(GenerativeModel):
         if fixed:  # the manager's terms could not change it any more: not computed, not added
             return {"loss": expected, "expected_expert_loss": expected, "balancing_loss": balancing,
                     "kl": kl}
-        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs, radius)
+        extra = manager_terms(self.spec.manager, self.manager_logits, x_manager, logits, probs, radius,
+                              augment=self.augmenting)
         return {
             "loss": expected + self.spec.balancing_weight * balancing + extra.get("manager_loss", 0.0),
             "expected_expert_loss": expected,
