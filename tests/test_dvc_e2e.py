@@ -3,6 +3,7 @@ narrow dependencies, a param change and its diff, push/pull through the default 
 and a new model kind added as one module plus its params block."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -275,8 +276,12 @@ def test_a_fresh_clone_after_dvc_repro_lists_only_what_the_remote_holds(repo, tm
         elif line.startswith("\t\t"):
             listed[stage].append(line.split())
     runs = {f"experiments/dvc.yaml:run@{r}" for r in ("tiny_hmoe-0", "tiny_moe-0", "tiny_moe-1", "tiny_vae-0")}
+    validates = {run.replace(":run@", ":validate@") for run in runs}  # they read the run's model
     sweeps = {"sweep/dvc.yaml:tune": "sweep/plots", "sweep/dvc.yaml:tune_gmm_vae": "sweep/gmm_vae/plots"}
-    assert set(listed) == runs | set(sweeps), status  # the main job is done
+    assert set(listed) == runs | validates | set(sweeps), status  # the main job is done
+    for validate in validates:  # only the model file, which the remote holds
+        assert len(listed[validate]) == 1 and listed[validate][0][0] == "deleted:", status
+        assert re.fullmatch(r"experiments/cache/.*/model\.pt", listed[validate][0][-1]), status
     for run in runs | set(sweeps):  # one cached folder each, nothing else pending
         folder = sweeps.get(run, "experiments/cache/")
         assert len(listed[run]) == 1 and listed[run][0][-1].startswith(folder), status
