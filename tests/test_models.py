@@ -315,3 +315,51 @@ def test_a_model_file_that_holds_code_is_refused_unread_without_unsafe_advice(tm
                             f"it was refused unread; rerun the train stage to write it again "
                             f"(dvc repro train)")
     assert "weights_only" not in str(e.value)
+
+
+def test_gated_layers_are_linear_units_times_a_sigmoid_gate():
+    torch.manual_seed(0)
+    net = BatchedMLP(3, [10, 8, 8, 6], "relu", gated=True)
+    assert [tuple(l.weight.shape) for l in net.layers] == [(3, 10, 16), (3, 8, 16), (3, 8, 6)]
+    x = torch.randn(5, 10)
+    h = x
+    for layer in net.layers[:-1]:  # by hand: a = W x + b, g = V x + c, h = a * sigmoid(g)
+        a, g = layer.one(1, h).split(8, dim=-1)
+        h = a * torch.sigmoid(g)
+    torch.testing.assert_close(net(x)[1], net.layers[-1].one(1, h))
+    torch.testing.assert_close(net.one(1, x), net(x)[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_builds_deep_gated_experts(kind):
+    """net.layers and net.gated reach every kind's MLP blocks: the published 300-300 gated
+    baseline is two hidden layers of 2 x 300 linear units, and every part still trains."""
+    from pipeline.models.registry import model_config
+
+    torch.manual_seed(0)
+    flat = {"kind": kind, "net.hidden": 12, "net.latent_dim": 4, "moe_vae.experts": 3,
+            "hmoe_vae.experts": 2, "hmoe_vae.sub_experts": 2, "gmm_vae.components": 3}
+    plain = build_model(model_config(flat))
+    deep = build_model(model_config({**flat, "net.layers": 2, "net.gated": True}))
+    widths = lambda m: sorted(p.shape[-1] for n, p in m.named_parameters() if "coder" in n and "weight" in n)
+    assert widths(deep).count(24) == 2 * widths(plain).count(12)  # each hidden layer: [a, g], twice
+    x = deep.likelihood.prepare(torch.rand(5, 784))
+    out = deep(x)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in deep.parameters() if p.requires_grad)
+    assert torch.isfinite(deep.log_importance_weights(x, 3)).all()
+
+
+def test_default_blocks_and_model_files_are_unchanged_by_the_new_keys(tmp_path):
+    """layers: 1 and gated: false build the one-hidden-layer blocks of every recorded run,
+    and a model file stores neither key (its bytes stay those of older code)."""
+    from pipeline.core.errors import ConfigError
+    from pipeline.models.registry import model_config
+
+    model = build_model(model_config({"kind": "vae", "net.hidden": 16}))
+    assert [tuple(p.shape) for p in model.encoder.parameters()] == [(1, 784, 16), (1, 1, 16), (1, 16, 40), (1, 1, 40)]
+    save_model(model, tmp_path / "m.pt")
+    assert set(torch.load(tmp_path / "m.pt", weights_only=True)["config"]["net"]) == {
+        "encoder", "latent_dim", "hidden", "conv_channels", "activation"}
+    with pytest.raises(ConfigError, match=r"model\.net\.encoder.*conv.*use encoder: mlp"):
+        model_config({"net.encoder": "conv", "net.layers": 2})

@@ -65,22 +65,32 @@ KMEANS_CLUSTERS = 10  # kinds without a cluster variable: k-means with one clust
 
 @torch.no_grad()
 def assign_clusters(model: GenerativeModel, x: torch.Tensor, batch_size: int, seed: int):
-    """(N,) cluster ids, the cluster count, and the (N, L) latent means.
+    """(N,) cluster ids, the cluster count, and the (N, L) latent means (cluster_outputs,
+    then clusters_of)."""
+    probs, codes = cluster_outputs(model, x, batch_size)
+    return (*clusters_of(probs, codes, seed), codes)
 
-    Kinds with a cluster variable (MoE manager, mixture prior) use its argmax; the others
-    get k-means on the latent means, fitted on these codes alone, never on labels."""
+
+def cluster_outputs(model: GenerativeModel, x: torch.Tensor, batch_size: int):
+    """(N, C) cluster probabilities (None for kinds without a cluster variable) and the
+    (N, L) latent means as a numpy array."""
     probs, codes = [], []
     for xb in x.split(batch_size):
         p = model.cluster_probs(xb)
         if p is not None:
             probs.append(p)
         codes.append(model.latent_mean(xb))
-    codes = torch.cat(codes).cpu().numpy()
-    if probs:
-        probs = torch.cat(probs)
-        return probs.argmax(1).cpu().numpy(), probs.shape[1], codes
+    return (torch.cat(probs) if probs else None), torch.cat(codes).cpu().numpy()
+
+
+def clusters_of(probs, codes: np.ndarray, seed: int):
+    """(N,) cluster ids and the cluster count. Kinds with a cluster variable (MoE manager,
+    mixture prior) use its argmax; the others get k-means on the latent means, fitted on
+    these codes alone, never on labels."""
+    if probs is not None:
+        return probs.argmax(1).cpu().numpy(), probs.shape[1]
     km = KMeans(KMEANS_CLUSTERS, n_init=10, random_state=seed).fit(codes.astype(np.float64))
-    return km.labels_, KMEANS_CLUSTERS, codes
+    return km.labels_, KMEANS_CLUSTERS
 
 
 @torch.no_grad()

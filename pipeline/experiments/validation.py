@@ -19,7 +19,8 @@ import torch
 
 from pipeline.core.errors import DataError
 from pipeline.data.load import load_split
-from pipeline.evaluation.metrics import assign_clusters, cluster_scores, mutual_information, prepare_test
+from pipeline.evaluation.metrics import (cluster_outputs, cluster_scores, clusters_of, mutual_information,
+                                         prepare_test)
 from pipeline.models.checkpoint import load_model
 
 VAL_ROWS = 10000  # the last 10 000 training images, as tune.val_rows counts them
@@ -34,9 +35,9 @@ def validation_scores(model, pixels: np.ndarray, labels: np.ndarray, batch_size:
     model.eval()
     torch.manual_seed(seed)
     x = prepare_test(model, pixels, seed)
-    probs = [p for p in (model.cluster_probs(xb) for xb in x.split(batch_size)) if p is not None]
-    info = mutual_information(torch.cat(probs)) if probs else float("nan")
-    clusters, n_clusters, _ = assign_clusters(model, x, batch_size, seed)
+    probs, codes = cluster_outputs(model, x, batch_size)  # one pass over the images
+    info = mutual_information(probs) if probs is not None else float("nan")
+    clusters, n_clusters = clusters_of(probs, codes, seed)
     scores = cluster_scores(labels, clusters, n_clusters)
     return {"val_cluster_accuracy": scores["cluster_accuracy"], "val_nmi": scores["nmi"],
             "val_mutual_info": info, "val_images": len(pixels)}

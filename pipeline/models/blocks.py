@@ -2,7 +2,8 @@
 K parallel convolutional encoders/decoders (grouped convolutions, one group per expert).
 
 Every encoder maps (B, D) -> (K, B, O) and every decoder (K, B, L) -> (K, B, D); the
-single-latent kinds use K = 1. `model.net.encoder` picks `mlp` or `conv`.
+single-latent kinds use K = 1. `model.net.encoder` picks `mlp` or `conv`; `model.net.layers`
+and `model.net.gated` make the mlp blocks deeper or gated (the published 300-300 baseline).
 """
 from __future__ import annotations
 
@@ -27,18 +28,28 @@ class NetConfig:
     encoder: str = param("mlp", "mlp (one hidden layer, the seeds) | conv (two 4x4 stride-2 "
                                 "convolutions, then an MLP; transposed convolutions back)")
     latent_dim: int = param(20, "size of z (each expert's, for moe_vae)")
-    hidden: int = param(128, "width of the hidden layer of every MLP")
+    hidden: int = param(128, "width of each hidden layer of every MLP")
     conv_channels: int = param(32, "channels of the first conv layer (the second has twice as many)")
     activation: str = param("sigmoid", "sigmoid (the seeds) | relu | elu | tanh")
+    layers: int = param(1, "hidden layers of every MLP block (mlp encoder and decoder; the conv "
+                           "blocks keep one)", added=True)
+    gated: bool = param(False, "gated hidden layers, h = (W x + b) * sigmoid(V x + c), as the "
+                               "300-300 MLP of the VampPrior and Exemplar VAE baselines (the "
+                               "activation is then unused); mlp encoder only", added=True)
 
     # 60-80x the largest recipe in params/ (latent_dim 50, hidden 512, conv_channels 32):
     # no real run comes near them, a typo such as 1000000 is refused before a worker
     # allocates it. size.check_memory catches in-bounds sizes that multiply into too much.
-    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"latent_dim": 4096, "hidden": 32768, "conv_channels": 2048}
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"latent_dim": 4096, "hidden": 32768, "conv_channels": 2048,
+                                             "layers": 64}
 
     def __post_init__(self):
         check(self.encoder in ("mlp", "conv"), "encoder", self.encoder, "choose 'mlp' or 'conv'")
         check_sizes(self)
+        check(isinstance(self.gated, bool), "gated", self.gated, "use true or false")
+        check(self.encoder == "mlp" or (self.layers == 1 and not self.gated), "encoder", self.encoder,
+              f"layers={self.layers} and gated={self.gated} shape the mlp blocks only; "
+              f"use encoder: mlp, or layers: 1 and gated: false")
         check(self.activation in ACTIVATION_MODULES, "activation", self.activation,
               f"choose one of {sorted(ACTIVATION_MODULES)}")
 
@@ -91,14 +102,22 @@ class BatchedLinear(nn.Module):
 
 
 class BatchedMLP(nn.Module):
-    """K MLPs with the same layer sizes, evaluated together with batched matmuls."""
+    """K MLPs with the same layer sizes, evaluated together with batched matmuls.
 
-    def __init__(self, k: int, sizes: Sequence[int], activation: str, shared_input: bool = False):
+    gated: each hidden layer is a gated linear unit (Dauphin et al. 2017, the GatedDense of
+    the VampPrior code): one BatchedLinear of width 2H gives [a, g] and h = a * sigmoid(g),
+    with no other activation; the last layer stays linear.
+    """
+
+    def __init__(self, k: int, sizes: Sequence[int], activation: str, shared_input: bool = False,
+                 gated: bool = False):
         """shared_input: the first layer is usually fed one (B, I) input for all K MLPs."""
         super().__init__()
-        self.layers = nn.ModuleList(BatchedLinear(k, a, b, shared_input and i == 0)
+        last = len(sizes) - 2
+        self.layers = nn.ModuleList(BatchedLinear(k, a, 2 * b if gated and i < last else b,
+                                                  shared_input and i == 0)
                                     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
-        self.act = ACTIVATION_MODULES[activation]()
+        self.act = gate if gated else ACTIVATION_MODULES[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, I) shared or (K, B, I) per-expert input -> (K, B, O)."""
@@ -115,6 +134,12 @@ class BatchedMLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return x
+
+
+def gate(y: torch.Tensor) -> torch.Tensor:
+    """(..., 2H) = [a, g] -> (..., H) = a * sigmoid(g)."""
+    a, g = y.chunk(2, dim=-1)
+    return a * torch.sigmoid(g)
 
 
 SIDE = 28  # conv blocks work on 28x28 images: two stride-2 layers give 7x7 maps
@@ -176,11 +201,13 @@ def encoder(k: int, cfg: NetConfig, n_pixels: int, n_out: int) -> nn.Module:
     """K encoders (B, D) -> (K, B, n_out) of the architecture `cfg.encoder` names."""
     if cfg.encoder == "conv":
         return ConvEncoder(k, cfg.conv_channels, cfg.hidden, n_out, cfg.activation)
-    return BatchedMLP(k, [n_pixels, cfg.hidden, n_out], cfg.activation, shared_input=True)
+    return BatchedMLP(k, [n_pixels, *[cfg.hidden] * cfg.layers, n_out], cfg.activation,
+                      shared_input=True, gated=cfg.gated)
 
 
 def decoder(k: int, cfg: NetConfig, n_pixels: int) -> nn.Module:
     """K decoders (K, B, L) -> (K, B, D) logits, with `.one(k, z)` for a single expert."""
     if cfg.encoder == "conv":
         return ConvDecoder(k, cfg.conv_channels, cfg.hidden, cfg.latent_dim, cfg.activation)
-    return BatchedMLP(k, [cfg.latent_dim, cfg.hidden, n_pixels], cfg.activation)
+    return BatchedMLP(k, [cfg.latent_dim, *[cfg.hidden] * cfg.layers, n_pixels], cfg.activation,
+                      gated=cfg.gated)

@@ -149,7 +149,8 @@ class Deskew(nn.Module):
 
 def build_manager(cfg: ManagerConfig, net: NetConfig, experts: int, n_pixels: int) -> nn.Module:
     """(B, D) -> (1, B, K) logits. By default the seeds' manager: the experts' block type
-    (net.encoder) with one `net.hidden` layer; the manager.* params change it."""
+    (net.encoder) with its `net.layers` hidden layers of `net.hidden`; the manager.* params
+    change it."""
     if cfg.deskew:
         return nn.Sequential(Deskew(), build_manager(replace(cfg, deskew=False), net, experts, n_pixels))
     act = cfg.activation or net.activation
