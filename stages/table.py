@@ -14,9 +14,12 @@ def main() -> None:
     p.add_argument("--index", default="experiments/index.yaml", help="the presets and their runs")
     args = p.parse_args()
 
-    from pipeline.experiments.table import read_yaml, write_table
+    from pipeline.experiments.index import read_index
+    from pipeline.experiments.table import write_table
 
-    cli.log(write_table(read_yaml(Path(args.index)), Path(args.runs), Path(args.archive),
+    # read_index: a preset edited after the index was written is a one-line error here too,
+    # since the runs no longer depend on the preset files themselves (only on the index)
+    cli.log(write_table(read_index(Path(args.index)), Path(args.runs), Path(args.archive),
                         Path(args.markdown), Path(args.csv)))
 
 

@@ -189,6 +189,8 @@ def test_a_run_depends_on_its_resolved_preset_and_the_run_keys_that_change_numbe
     assert {"experiments/index.yaml": ["presets.${item.preset}.overrides"]} in stage["params"]
     assert "data/neighbours" in stage["deps"]
     assert "params/${item.preset}.yaml" not in stage["deps"]  # seeds and comments change no run
+    table = yaml.safe_load((ROOT / "experiments/dvc.yaml").read_text())["stages"]["table"]
+    assert "params" in table["deps"]  # ...but the table stage checks the index against params/
 
 
 def test_the_comparison_picture_shows_each_current_preset(tmp_path):
