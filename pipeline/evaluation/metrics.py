@@ -71,16 +71,19 @@ def assign_clusters(model: GenerativeModel, x: torch.Tensor, batch_size: int, se
     return (*clusters_of(probs, codes, seed), codes)
 
 
-def cluster_outputs(model: GenerativeModel, x: torch.Tensor, batch_size: int):
+@torch.no_grad()
+def cluster_outputs(model: GenerativeModel, x: torch.Tensor, batch_size: int, codes: bool = True):
     """(N, C) cluster probabilities (None for kinds without a cluster variable) and the
-    (N, L) latent means as a numpy array."""
-    probs, codes = [], []
+    (N, L) latent means as a numpy array (None with codes=False: a caller that clusters
+    by the probabilities and draws no latent plot needs none)."""
+    probs, means = [], []
     for xb in x.split(batch_size):
         p = model.cluster_probs(xb)
         if p is not None:
             probs.append(p)
-        codes.append(model.latent_mean(xb))
-    return (torch.cat(probs) if probs else None), torch.cat(codes).cpu().numpy()
+        if codes:
+            means.append(model.latent_mean(xb))
+    return (torch.cat(probs) if probs else None), (torch.cat(means).cpu().numpy() if codes else None)
 
 
 def clusters_of(probs, codes: np.ndarray, seed: int):

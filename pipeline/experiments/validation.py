@@ -35,7 +35,8 @@ def validation_scores(model, pixels: np.ndarray, labels: np.ndarray, batch_size:
     model.eval()
     torch.manual_seed(seed)
     x = prepare_test(model, pixels, seed)
-    probs, codes = cluster_outputs(model, x, batch_size)  # one pass over the images
+    # one pass over the images; the latent means only where k-means needs them
+    probs, codes = cluster_outputs(model, x, batch_size, codes=not model.has_clusters)
     info = mutual_information(probs) if probs is not None else float("nan")
     clusters, n_clusters = clusters_of(probs, codes, seed)
     scores = cluster_scores(labels, clusters, n_clusters)

@@ -46,7 +46,6 @@ class NetConfig:
     def __post_init__(self):
         check(self.encoder in ("mlp", "conv"), "encoder", self.encoder, "choose 'mlp' or 'conv'")
         check_sizes(self)
-        check(isinstance(self.gated, bool), "gated", self.gated, "use true or false")
         check(self.encoder == "mlp" or (self.layers == 1 and not self.gated), "encoder", self.encoder,
               f"layers={self.layers} and gated={self.gated} shape the mlp blocks only; "
               f"use encoder: mlp, or layers: 1 and gated: false")

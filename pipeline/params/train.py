@@ -57,10 +57,19 @@ class TrainConfig:
     portable_cpu: bool = param(False, "pin the CPU kernels (MKL_CBWR=COMPATIBLE, ATen AVX2) so a "
                                       "run repeats bit for bit on any x86-64 CPU with AVX2 at the "
                                       "same train.threads; slower, see docs/pipeline.md")
+    holdout: int = param(0, "N: the last N training images are held out of training and scored "
+                            "after every epoch (held_out_nll in the epoch metrics, label-free); "
+                            "0: train on every image", added=True)
+    holdout_samples: int = param(1, "importance samples of held_out_nll: -log (1/S) sum_s w_s "
+                                    "(1: the negative ELBO, as the published early stopping)",
+                                 added=True)
+    early_stopping: int = param(0, "patience P: stop once held_out_nll has not improved for P "
+                                   "epochs, and keep the best epoch's weights (needs holdout); "
+                                   "0: train every epoch, keep the last", added=True)
 
     # 100x the recipes' 100 (a batch larger than the training split is refused before Ray
     # starts anyway: driver.check_before_ray)
-    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"batch_size": 10_000}
+    SIZE_LIMITS: ClassVar[Dict[str, int]] = {"batch_size": 10_000, "holdout_samples": 100_000}
 
     def __post_init__(self):
         check(positive_int(self.epochs), "epochs", self.epochs, "use an integer >= 1")
@@ -89,6 +98,11 @@ class TrainConfig:
               f"use one of {', '.join(COMPILE_MODES)}")
         check(isinstance(self.portable_cpu, bool), "portable_cpu", self.portable_cpu, "use true or false")
         check(self.restarts >= 1, "restarts", self.restarts, "use an integer >= 1 (1 = no restarts)")
+        check(self.holdout >= 0, "holdout", self.holdout, "use 0 (train on every image) or an integer >= 1")
+        check(self.early_stopping >= 0, "early_stopping",
+              self.early_stopping, "use 0 (off) or an integer >= 1")
+        check(not self.early_stopping or self.holdout, "early_stopping", self.early_stopping,
+              "it watches the held-out images; set train.holdout too (10000: the published split)")
         check(1 <= self.restart_epochs <= self.epochs, "restart_epochs", self.restart_epochs,
               f"use an integer from 1 to train.epochs={self.epochs}")
 

@@ -21,7 +21,7 @@ from pipeline.core.storage import delete_tree, join, resolve_storage
 from pipeline.data.load import check_shards, read_manifest
 from pipeline.data.neighbours import read_neighbours
 from pipeline.params import Params
-from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE
+from pipeline.training.loop import PORTABLE_CPU_ENV, STATE_FILE, best_epoch
 from pipeline.training.worker import (WorkerFailed, checkpoints, registered_history,
                                       train_loop_per_worker)
 
@@ -38,6 +38,10 @@ def check_before_ray(params: Params, shard_dir: Path) -> dict:
     check_shards(shard_dir, "train")  # columns, types, rows: the footers only
     tcfg = params.train
     rows = sum(e["rows"] for e in manifest["splits"]["train"])
+    if tcfg.holdout and rows - tcfg.holdout < tcfg.global_batch:
+        raise DataError(f"train.holdout={tcfg.holdout} leaves {max(rows - tcfg.holdout, 0)} of the "
+                        f"{rows} training rows, fewer than one global batch of {tcfg.global_batch}; "
+                        f"lower train.holdout")
     if rows < tcfg.global_batch:
         raise DataError(f"the {rows} training rows are fewer than one global batch of "
                         f"{tcfg.global_batch}; lower train.batch_size")
@@ -212,6 +216,9 @@ def fit(params: Params, shard_dir: Path, log: Callable[[str], None] = print,
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     for key in ("history", "timings", "restarts", "environment"):
         state[key] = json.loads(state.get(key, "{}" if key in ("restarts", "environment") else "[]"))
+    if "best_model" in state:  # train.early_stopping: the best held-out epoch's weights
+        state["model"] = state.pop("best_model")
+        state["best_epoch"] = best_epoch(state["history"])
     live.log(state["history"])  # the last epochs, if the run ended between two polls
     live.close()
     state["run_dir"] = run_dir
@@ -256,6 +263,7 @@ def _write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path
         live.summary.update({
             "epochs": history[-1]["epoch"],
             "parameters": sum(v.numel() for v in state["model"]["state_dict"].values()),
+            **({"best_epoch": state["best_epoch"]} if "best_epoch" in state else {}),
             **({"restarts": {k: v for k, v in restarts.items() if k != "discarded_seconds"}}
                if restarts else {}),
         })

@@ -7,12 +7,13 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from pipeline.core.distributed import any_rank, first_message, mean_over_ranks
 from pipeline.core.errors import TrainError
+from pipeline.evaluation.likelihood import iw_log_likelihood
 from pipeline.models.base import GenerativeModel
 from pipeline.models.checkpoint import model_state
 
@@ -83,6 +84,31 @@ def train_epoch(model: torch.nn.Module, raw: GenerativeModel, opt: torch.optim.O
     keys = sorted(sums)
     values = torch.stack([sums[k] for k in keys]).tolist() if keys else []  # one sync an epoch
     return mean_over_ranks(dict(zip(keys, values)), steps)
+
+
+@torch.no_grad()
+def held_out_nll(model: GenerativeModel, x: torch.Tensor, samples: int, seed: int,
+                 batch: int = 500) -> float:
+    """train.holdout's score: -mean log p(x) over the prepared held-out images `x` (N, D),
+    by `samples` importance samples (1: the negative ELBO), from the same noise every epoch
+    (the training RNG is reseeded at each epoch's start, so this draw changes no training)."""
+    model.eval()
+    torch.manual_seed(seed)
+    total = sum(float(iw_log_likelihood(model, xb, samples, min(samples, 500)).sum())
+                for xb in x.split(batch))
+    model.train()
+    return -total / len(x)
+
+
+def best_epoch(history: List[Dict[str, float]]) -> int:
+    """The epoch (1-based) of the lowest held_out_nll in `history`, the first of ties."""
+    scores = [row["held_out_nll"] for row in history]
+    return scores.index(min(scores)) + 1
+
+
+def out_of_patience(history: List[Dict[str, float]], patience: int) -> bool:
+    """train.early_stopping: `patience` epochs have passed without a better held_out_nll."""
+    return bool(patience and history) and len(history) - best_epoch(history) >= patience
 
 
 def stop_if_non_finite(first_bad: int, loss: float, steps: int, epoch: int) -> None:

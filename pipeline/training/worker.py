@@ -22,18 +22,21 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from pipeline.core.distributed import first_message
+from pipeline.core.distributed import any_rank, first_message
 from pipeline.core.errors import PipelineError
 from pipeline.core.failures import WriteError, describe, write_error
 from pipeline.core.storage import delete_tree, filesystem, join
 from pipeline.data.load import load_split
+from pipeline.evaluation.metrics import prepare_test
 from pipeline.models.base import GenerativeModel
 from pipeline.data.neighbours import read_neighbours
 from pipeline.models.registry import build_model, side_input
 from pipeline.params import params_from_dict
-from pipeline.training.loop import (STATE_FILE, compiled, component_snapshot, describe_environment,
-                                    describe_hardware, load_state, make_optimizer, save_state,
-                                    set_deterministic, train_epoch)
+from pipeline.models.checkpoint import model_state
+from pipeline.training.loop import (STATE_FILE, best_epoch, compiled, component_snapshot,
+                                    describe_environment, describe_hardware, held_out_nll, load_state,
+                                    make_optimizer, out_of_patience, save_state, set_deterministic,
+                                    train_epoch)
 from pipeline.training.restarts import cluster_information, select
 
 
@@ -47,6 +50,7 @@ class Run:
     history: List[Dict] = field(default_factory=list)  # per epoch: the loss parts only
     timings: List[Dict] = field(default_factory=list)  # per epoch: seconds, images/s
     snapshots: List[torch.Tensor] = field(default_factory=list)
+    best: Optional[dict] = None  # train.early_stopping: the best held-out epoch's model_state
 
 
 # Checkpoint folder names: the driver tells from them alone what an interrupted run kept.
@@ -152,17 +156,20 @@ def _train(config: dict) -> None:
     # uint8 rows live on the training device (47 MB for all of MNIST): batches are drawn,
     # sliced and binarized there, with no host-to-device copy in the step loop
     try:
-        pixels = torch.from_numpy(load_split(shard_dir, "train").pixels.copy()).to(device)
+        rows = load_split(shard_dir, "train").pixels
         problem = ""
     except PipelineError as e:  # a corrupt shard (or one rank's bad read): agree before DDP
-        pixels, problem = None, str(e)
+        rows, problem = None, str(e)
     problem = first_message(problem)
     if problem:
         raise PipelineError(problem)
+    # train.holdout: the last rows are scored after every epoch, never trained on
+    kept = len(rows) - tcfg.holdout
+    pixels, held_rows, held = torch.from_numpy(rows[:kept].copy()).to(device), rows[kept:], {}
     batch, steps = tcfg.worker_batch, pixels.shape[0] // tcfg.global_batch
     t0 = time.perf_counter()
     cached = read_neighbours(config.get("neighbours") and Path(config["neighbours"]), shard_dir)
-    side = side_input(params.model, pixels, cached if cached is None else cached.to(device))
+    side = side_input(params.model, pixels, cached if cached is None else cached[:kept].to(device))
     side_seconds = time.perf_counter() - t0  # part of the recipe's time (the run record)
     hardware = describe_hardware(device, world, config["threads"])  # once, not every epoch
     environment = describe_environment(device, config["threads"])
@@ -184,7 +191,14 @@ def _train(config: dict) -> None:
         parts = train_epoch(run.model, run.raw, run.opt, pixels, b, n, epoch, run.seed, rank, device,
                             world, side)
         seconds = time.perf_counter() - t0
+        if tcfg.holdout:  # scored on every rank alike: each decides the same early stop
+            if "x" not in held:  # prepared once, by the seed every run shares (evaluate.seed)
+                held["x"] = prepare_test(run.raw, held_rows, params.evaluate.seed).to(device)
+            parts["held_out_nll"] = held_out_nll(run.raw, held["x"], tcfg.holdout_samples,
+                                                 params.evaluate.seed)
         run.history.append({"epoch": epoch + 1, **parts})
+        if tcfg.early_stopping and rank == 0 and best_epoch(run.history) == epoch + 1:
+            run.best = model_state(run.raw)
         run.timings.append({"epoch": epoch + 1, "seconds": seconds, "global_batch": b * world,
                             "images_per_s": n * b * world / seconds})
         if rank == 0:
@@ -212,7 +226,8 @@ def _train(config: dict) -> None:
                     save_state(d, run.raw, run.opt, len(run.history), history=json.dumps(run.history),
                                timings=json.dumps(run.timings), snapshots=torch.stack(run.snapshots),
                                hardware=hardware, environment=json.dumps(environment), seed=run.seed,
-                               restarts=json.dumps(restarts), side_seconds=side_seconds)
+                               restarts=json.dumps(restarts), side_seconds=side_seconds,
+                               **({"best_model": run.best} if run.best else {}))
                 except (OSError, RuntimeError) as e:
                     raise write_error(Path(d) / STATE_FILE, e, "TMPDIR") from e
                 checkpoint = ray.train.Checkpoint.from_directory(d)
@@ -239,6 +254,7 @@ def _train(config: dict) -> None:
         run.seed, run.history, run.snapshots = (int(state.get("seed", tcfg.seed)),
                                                 json.loads(state["history"]), list(state["snapshots"]))
         run.timings = json.loads(state.get("timings", "[]"))
+        run.best = state.get("best_model")
         restarts = json.loads(state.get("restarts", "{}"))
         log(f"resuming from the checkpoint after epoch {state['epoch']}")
     choosing = not ckpt or len(restarts.get("scores", [])) < tcfg.restarts
@@ -250,6 +266,10 @@ def _train(config: dict) -> None:
     elif not ckpt:
         run = new_run(tcfg.seed)
     for epoch in range(len(run.history), tcfg.epochs):
+        if any_rank(out_of_patience(run.history, tcfg.early_stopping)):
+            log(f"early stopping: held_out_nll last improved at epoch {best_epoch(run.history)}, "
+                f"{tcfg.early_stopping} epochs ago; the model keeps that epoch's weights")
+            break
         train(run, epoch)
         report(run, restarts, f"{EPOCH_CKPT}{epoch + 1:04d}")
         if rank == 0 and config.get("run_dir"):
