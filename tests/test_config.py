@@ -13,12 +13,14 @@ def test_repo_params_are_the_best_recipe_and_older_recipes_a_preset_away():
     p = load_params(ROOT / "params.yaml")
     assert p.model.kind == "moe_vae" and p.model.spec.experts == 10 and p.model.net.latent_dim == 20
     assert p.model.net.hidden == 128 and p.model.net.activation == "sigmoid"
-    assert p.model.likelihood.name == "bernoulli" and p.train.epochs == 15
-    # the main job is moe_imsat_top1_imsat: IMSAT's MLP manager on grey pixels, top-1 experts
+    assert p.model.likelihood.name == "bernoulli" and p.train.epochs == 23
+    # the main job is moe_imsat_top1_imsat_aug: IMSAT's MLP manager on grey pixels, top-1
+    # experts, and from epoch 16 on a manager that keeps its choice under random warps
     m = p.model.moe_vae.manager
     assert p.model.moe_vae.top_k == 1
     assert (m.encoder, m.hidden, m.batchnorm, m.input, m.consistency_radius, m.augment_weight) == \
-        ("mlp", (1200, 1200), True, "grey", "knn", 0)
+        ("mlp", (1200, 1200), True, "grey", "knn", 300)
+    assert (m.augment_from, m.augment_shear, m.augment_stroke) == (15, 0.3, 0.7)
     assert (m.activation, m.entropy_weight, m.marginal_entropy_weight, m.consistency_weight) == \
         ("relu", 10, 40, 100)
     # the recipe the main job ran before, and the seeds' own, are one preset away each

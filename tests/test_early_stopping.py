@@ -1,5 +1,7 @@
 """train.holdout and train.early_stopping: the last training rows are scored after every
 epoch and never trained on; with a patience, the run stops and keeps its best epoch."""
+import json
+
 import pytest
 import torch
 
@@ -67,6 +69,10 @@ def test_held_out_images_are_scored_every_epoch_and_the_best_epoch_is_kept(ray_s
     write_outputs(state, params, out / "model.pt", out / "live", out / "run.json", log=lambda s: None)
     summary = (out / "live" / "metrics.json").read_text()
     assert f'"best_epoch": {best}' in summary and '"held_out_nll"' in summary
+    # the scoring is part of the recipe's time: the run record counts it
+    record = json.loads((out / "run.json").read_text())
+    assert all(t["held_out_seconds"] > 0 for t in record["epochs"])
+    assert record["train_seconds"] >= sum(t["seconds"] + t["held_out_seconds"] for t in record["epochs"])
 
 
 def test_a_run_whose_held_out_score_stops_improving_stops(ray_session, tiny_shards, tmp_path):

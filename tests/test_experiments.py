@@ -27,9 +27,9 @@ def test_the_committed_index_is_what_the_presets_say():
 
 
 def test_the_main_job_is_its_preset_with_seed_0():
-    """params.yaml runs moe_imsat_top1_imsat: every key but where runs happen agrees."""
+    """params.yaml runs moe_imsat_top1_imsat_aug: every key but where runs happen agrees."""
     main = load_params(ROOT / "params.yaml")
-    run = run_params(main, load_preset("moe_imsat_top1_imsat", PARAMS), 0)
+    run = run_params(main, load_preset("moe_imsat_top1_imsat_aug", PARAMS), 0)
     a, b = to_dict(main), to_dict(run)
     for section in ("model", "train", "evaluate"):
         assert a[section] == b[section], section

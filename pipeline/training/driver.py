@@ -271,7 +271,9 @@ def _write_outputs(state: dict, params: Params, model_path: Path, live_dir: Path
     write_json(record, {
         # the discarded restarts' epochs count: the wall time of the whole recipe
         # and so does the side input made before them (model.*.consistency_radius: knn)
-        "train_seconds": sum(t["seconds"] for t in timings) + restarts.get("discarded_seconds", 0.0)
+        # and train.holdout's scoring after each epoch
+        "train_seconds": sum(t["seconds"] + t.get("held_out_seconds", 0.0) for t in timings)
+        + restarts.get("discarded_seconds", 0.0)
         + float(state.get("side_seconds", 0.0)),
         "images_per_s": timings[-1]["images_per_s"] if timings else None,
         "hardware": state.get("hardware", "unknown"),

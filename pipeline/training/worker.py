@@ -191,16 +191,18 @@ def _train(config: dict) -> None:
         parts = train_epoch(run.model, run.raw, run.opt, pixels, b, n, epoch, run.seed, rank, device,
                             world, side)
         seconds = time.perf_counter() - t0
-        if tcfg.holdout:  # scored on every rank alike: each decides the same early stop
+        timing = {"epoch": epoch + 1, "seconds": seconds, "global_batch": b * world,
+                  "images_per_s": n * b * world / seconds}
+        if tcfg.holdout:  # every rank scores all of them, so every rank sees the same score
             if "x" not in held:  # prepared once, by the seed every run shares (evaluate.seed)
                 held["x"] = prepare_test(run.raw, held_rows, params.evaluate.seed).to(device)
             parts["held_out_nll"] = held_out_nll(run.raw, held["x"], tcfg.holdout_samples,
                                                  params.evaluate.seed)
+            timing["held_out_seconds"] = time.perf_counter() - t0 - seconds  # the recipe's time too
         run.history.append({"epoch": epoch + 1, **parts})
         if tcfg.early_stopping and rank == 0 and best_epoch(run.history) == epoch + 1:
             run.best = model_state(run.raw)
-        run.timings.append({"epoch": epoch + 1, "seconds": seconds, "global_batch": b * world,
-                            "images_per_s": n * b * world / seconds})
+        run.timings.append(timing)
         if rank == 0:
             run.snapshots.append(component_snapshot(run.raw, run.seed))
         if label:  # a restart candidate's epoch: never checkpointed on its own
