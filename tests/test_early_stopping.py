@@ -11,7 +11,8 @@ from pipeline.evaluation.metrics import prepare_test
 from pipeline.models.checkpoint import model_from_state
 from pipeline.params import Params, params_from_dict
 from pipeline.training.driver import check_before_ray, fit, write_outputs
-from pipeline.training.loop import best_epoch, held_out_nll, out_of_patience
+from pipeline.models.registry import build_model
+from pipeline.training.loop import best_epoch, held_out_nll, kept_state, out_of_patience
 
 
 def rows(*scores):
@@ -24,6 +25,17 @@ def test_patience_counts_the_epochs_since_the_best_one():
     assert out_of_patience(rows(90, 88, 89, 88), 2)
     assert not out_of_patience(rows(90, 88, 89, 88), 0)  # 0: off
     assert not out_of_patience([], 3)
+
+
+def test_the_kept_best_weights_do_not_follow_training():
+    # model_state's CPU tensors share the live weights: the best epoch's must be a copy
+    model = build_model(params_from_dict({"model": {"net": {"latent_dim": 4, "hidden": 8}}}).model)
+    kept = kept_state(model)
+    before = {k: v.clone() for k, v in kept["state_dict"].items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(kept["state_dict"][k], v) for k, v in before.items())
 
 
 def test_early_stopping_without_held_out_images_is_one_line_naming_the_fix():

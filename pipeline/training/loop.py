@@ -3,6 +3,7 @@ uint8 pixels on the training device, the optimizer, the per-epoch checkpoint and
 of every component. No Ray here (worker.py and the sweep call it)."""
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import re
@@ -98,6 +99,12 @@ def held_out_nll(model: GenerativeModel, x: torch.Tensor, samples: int, seed: in
                 for xb in x.split(batch))
     model.train()
     return -total / len(x)
+
+
+def kept_state(model: GenerativeModel) -> dict:
+    """model_state with tensors of its own, to keep while training goes on (early stopping's
+    best epoch): on a CPU, model_state's tensors share the live weights' storage."""
+    return copy.deepcopy(model_state(model))
 
 
 def best_epoch(history: List[Dict[str, float]]) -> int:

@@ -32,11 +32,10 @@ from pipeline.models.base import GenerativeModel
 from pipeline.data.neighbours import read_neighbours
 from pipeline.models.registry import build_model, side_input
 from pipeline.params import params_from_dict
-from pipeline.models.checkpoint import model_state
 from pipeline.training.loop import (STATE_FILE, best_epoch, compiled, component_snapshot,
-                                    describe_environment, describe_hardware, held_out_nll, load_state,
-                                    make_optimizer, out_of_patience, save_state, set_deterministic,
-                                    train_epoch)
+                                    describe_environment, describe_hardware, held_out_nll, kept_state,
+                                    load_state, make_optimizer, out_of_patience, save_state,
+                                    set_deterministic, train_epoch)
 from pipeline.training.restarts import cluster_information, select
 
 
@@ -201,7 +200,7 @@ def _train(config: dict) -> None:
             timing["held_out_seconds"] = time.perf_counter() - t0 - seconds  # the recipe's time too
         run.history.append({"epoch": epoch + 1, **parts})
         if tcfg.early_stopping and rank == 0 and best_epoch(run.history) == epoch + 1:
-            run.best = model_state(run.raw)
+            run.best = kept_state(run.raw)
         run.timings.append(timing)
         if rank == 0:
             run.snapshots.append(component_snapshot(run.raw, run.seed))
