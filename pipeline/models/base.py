@@ -20,6 +20,7 @@ class GenerativeModel(nn.Module):
     `cfg.likelihood` are shared by every kind, `self.spec` is this kind's own block."""
 
     has_clusters = False  # True: cluster_probs gives a cluster variable (restarts, evaluation)
+    has_experts = False  # True: K expert networks behind a manager (model.net.shared_hidden applies)
     skips_parameters = False  # True: some epochs leave parameters without a gradient (DDP looks)
 
     def __init__(self, cfg: Any, n_pixels: int = 784):

@@ -3,7 +3,8 @@ K parallel convolutional encoders/decoders (grouped convolutions, one group per 
 
 Every encoder maps (B, D) -> (K, B, O) and every decoder (K, B, L) -> (K, B, D); the
 single-latent kinds use K = 1. `model.net.encoder` picks `mlp` or `conv`; `model.net.layers`
-and `model.net.gated` make the mlp blocks deeper or gated (the published 300-300 baseline).
+and `model.net.gated` make the mlp blocks deeper or gated (the published 300-300 baseline);
+`model.net.shared_hidden` lets the K experts share their hidden layers.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ class NetConfig:
     gated: bool = param(False, "gated hidden layers, h = (W x + b) * sigmoid(V x + c), as the "
                                "300-300 MLP of the VampPrior and Exemplar VAE baselines (the "
                                "activation is then unused); mlp encoder only", added=True)
+    shared_hidden: bool = param(False, "the experts share every hidden layer and each keeps only its "
+                                       "encoder's output layer and decoder's input layer, so every "
+                                       "image trains the hidden layers; expert kinds, mlp encoder "
+                                       "only", added=True)
 
     # 60-80x the largest recipe in params/ (latent_dim 50, hidden 512, conv_channels 32):
     # no real run comes near them, a typo such as 1000000 is refused before a worker
@@ -46,9 +51,10 @@ class NetConfig:
     def __post_init__(self):
         check(self.encoder in ("mlp", "conv"), "encoder", self.encoder, "choose 'mlp' or 'conv'")
         check_sizes(self)
-        check(self.encoder == "mlp" or (self.layers == 1 and not self.gated), "encoder", self.encoder,
-              f"layers={self.layers} and gated={self.gated} shape the mlp blocks only; "
-              f"use encoder: mlp, or layers: 1 and gated: false")
+        check(self.encoder == "mlp" or (self.layers == 1 and not self.gated and not self.shared_hidden),
+              "encoder", self.encoder, f"layers={self.layers}, gated={self.gated} and shared_hidden="
+              f"{self.shared_hidden} shape the mlp blocks only; use encoder: mlp, or layers: 1 "
+              f"and gated, shared_hidden: false")
         check(self.activation in ACTIVATION_MODULES, "activation", self.activation,
               f"choose one of {sorted(ACTIVATION_MODULES)}")
 
@@ -135,6 +141,55 @@ class BatchedMLP(nn.Module):
         return x
 
 
+class SharedMLP(nn.Module):
+    """One MLP whose linear layers act on the last dimension of any (..., I) input, with
+    `activation` (or gates) after every layer but the last; act_last: after the last too."""
+
+    def __init__(self, sizes: Sequence[int], activation: str, gated: bool, act_last: bool):
+        super().__init__()
+        acted = range(len(sizes) - 1 if act_last else len(sizes) - 2)
+        self.layers = nn.ModuleList(nn.Linear(a, 2 * b if gated and i in acted else b)
+                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
+        self.act, self.acted = (gate if gated else ACTIVATION_MODULES[activation]()), acted
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = self.act(layer(x)) if i in self.acted else layer(x)
+        return x
+
+
+class SharedEncoder(nn.Module):
+    """K encoders sharing their hidden layers (model.net.shared_hidden): the body maps
+    (B, D) -> (B, H) (or routed blocks (K, C, D) -> (K, C, H)) once for all experts, and
+    only the output layer is per expert: -> (K, B, O)."""
+
+    def __init__(self, k: int, sizes: Sequence[int], activation: str, gated: bool):
+        super().__init__()
+        self.body = SharedMLP(sizes[:-1], activation, gated, act_last=True)
+        self.head = BatchedLinear(k, sizes[-2], sizes[-1], shared_input=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class SharedDecoder(nn.Module):
+    """K decoders sharing their hidden layers: only the input layer is per expert,
+    (K, B, L) -> (K, B, H), then one body (K, B, H) -> (K, B, D) logits."""
+
+    def __init__(self, k: int, sizes: Sequence[int], activation: str, gated: bool):
+        super().__init__()
+        self.head = BatchedLinear(k, sizes[0], 2 * sizes[1] if gated else sizes[1])
+        self.act = gate if gated else ACTIVATION_MODULES[activation]()
+        self.body = SharedMLP(sizes[1:], activation, gated, act_last=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(self.act(self.head(z)))
+
+    def one(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """Decoder k alone, (N, L) -> (N, D) logits."""
+        return self.body(self.act(self.head.one(k, z)))
+
+
 def gate(y: torch.Tensor) -> torch.Tensor:
     """(..., 2H) = [a, g] -> (..., H) = a * sigmoid(g)."""
     a, g = y.chunk(2, dim=-1)
@@ -200,13 +255,17 @@ def encoder(k: int, cfg: NetConfig, n_pixels: int, n_out: int) -> nn.Module:
     """K encoders (B, D) -> (K, B, n_out) of the architecture `cfg.encoder` names."""
     if cfg.encoder == "conv":
         return ConvEncoder(k, cfg.conv_channels, cfg.hidden, n_out, cfg.activation)
-    return BatchedMLP(k, [n_pixels, *[cfg.hidden] * cfg.layers, n_out], cfg.activation,
-                      shared_input=True, gated=cfg.gated)
+    sizes = [n_pixels, *[cfg.hidden] * cfg.layers, n_out]
+    if cfg.shared_hidden:
+        return SharedEncoder(k, sizes, cfg.activation, cfg.gated)
+    return BatchedMLP(k, sizes, cfg.activation, shared_input=True, gated=cfg.gated)
 
 
 def decoder(k: int, cfg: NetConfig, n_pixels: int) -> nn.Module:
     """K decoders (K, B, L) -> (K, B, D) logits, with `.one(k, z)` for a single expert."""
     if cfg.encoder == "conv":
         return ConvDecoder(k, cfg.conv_channels, cfg.hidden, cfg.latent_dim, cfg.activation)
-    return BatchedMLP(k, [cfg.latent_dim, *[cfg.hidden] * cfg.layers, n_pixels], cfg.activation,
-                      gated=cfg.gated)
+    sizes = [cfg.latent_dim, *[cfg.hidden] * cfg.layers, n_pixels]
+    if cfg.shared_hidden:
+        return SharedDecoder(k, sizes, cfg.activation, cfg.gated)
+    return BatchedMLP(k, sizes, cfg.activation, gated=cfg.gated)

@@ -41,6 +41,9 @@ KINDS: Dict[str, Kind] = discover()
 def _post_init(self) -> None:
     check(self.kind in KINDS, "kind", self.kind, f"choose one of {sorted(KINDS)}")
     KINDS[self.kind].model.check_config(self)
+    check(not self.net.shared_hidden or KINDS[self.kind].model.has_experts, "net.shared_hidden", True,
+          f"model.kind={self.kind} has one encoder and decoder, no experts to share them; "
+          f"use false")
     check_memory(self, meta_model(self))  # a few ms: shapes only, before any stage allocates
 
 

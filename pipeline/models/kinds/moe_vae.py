@@ -19,6 +19,9 @@ With model.moe_vae.expert_batch_scale: s those expert-only epochs step on s time
 images at the same lr: each step updates every expert's weights, and with top-1 routing
 each expert sees only about B / K images of a batch of B.
 
+With model.moe_vae.kl_warmup_epochs: N the experts' KL term is weighed up from 1/N to 1 over
+the first N epochs (beta * KL - log p(x|z), as the likelihood baselines train).
+
 With model.moe_vae.manager.input: grey the manager (and its IMSAT terms) reads the grey image
 while the experts model its binarization: x is then (B, 2, D) = (binarized, grey).
 """
@@ -54,6 +57,9 @@ class MoEVAEConfig:
     expert_batch_scale: int = param(1, "after manager_epochs: the experts step on train.batch_size x "
                                        "this many images at train.lr: fewer Adam steps over all "
                                        "K experts' weights; 1: unchanged")
+    kl_warmup_epochs: int = param(0, "N: the experts' KL term weighs min(1, (epoch + 1) / N) in the "
+                                     "loss for the first N epochs (the likelihood baselines' warm-up; "
+                                     "the logged kl stays unweighted); 0: always 1", added=True)
     manager: ManagerConfig = param(factory=ManagerConfig, doc="the manager network and its terms")
 
     # 50-100x the recipes (10 to 20 experts, expert_batch_scale 5): a typo is refused before
@@ -68,6 +74,8 @@ class MoEVAEConfig:
               self.top_k, f"use null (dense) or an integer in 1..{self.experts} (experts)")
         check(isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0, "warmup_epochs",
               self.warmup_epochs, "use an integer >= 0 (0: no warm-up)")
+        check(isinstance(self.kl_warmup_epochs, int) and self.kl_warmup_epochs >= 0, "kl_warmup_epochs",
+              self.kl_warmup_epochs, "use an integer >= 0 (0: no KL warm-up)")
         check(self.manager_epochs is None or positive_int(self.manager_epochs), "manager_epochs",
               self.manager_epochs, "use null (the manager trains every epoch) or an integer >= 1")
         check(self.expert_batch_scale == 1 or self.manager_epochs is not None, "expert_batch_scale",
@@ -77,6 +85,7 @@ class MoEVAEConfig:
 
 class MoEVAE(GenerativeModel):
     has_clusters = True
+    has_experts = True
 
     def __init__(self, cfg, n_pixels: int = 784):
         super().__init__(cfg, n_pixels)
@@ -93,6 +102,8 @@ class MoEVAE(GenerativeModel):
         self.warming_up = epoch < getattr(self.spec, "warmup_epochs", 0)  # hmoe_vae: none
         self.manager_fixed = self.manager_fixed_at(epoch)
         self.augmenting = epoch >= self.spec.manager.augment_from
+        ramp = getattr(self.spec, "kl_warmup_epochs", 0)  # hmoe_vae: none
+        self.kl_weight = min(1.0, (epoch + 1) / ramp) if ramp else 1.0
 
     def manager_fixed_at(self, epoch: int) -> bool:
         """manager_epochs: from that epoch on, the manager is fixed and only the experts train."""
@@ -220,7 +231,7 @@ class MoEVAE(GenerativeModel):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         log_px_z = self.likelihood.log_prob(x, self.decode(z))  # (K, B)
         kl = kl_std_normal(mu, logvar)  # (K, B)
-        return kl - log_px_z, kl
+        return (kl if self.kl_weight == 1.0 else self.kl_weight * kl) - log_px_z, kl
 
     @torch.no_grad()
     def sample_components(self, n: int) -> torch.Tensor:
