@@ -151,6 +151,22 @@ def test_table_has_current_and_historical_rows(tmp_path):
         write_table(index, runs, archive, md, csv)
 
 
+def test_early_stopped_runs_show_their_epoch_span_and_kept_epoch(tmp_path):
+    """train.early_stopping: seeds stop at different epochs and keep their best one; the
+    epochs cell says both as ranges, and stays a plain count for the other rows."""
+    write(tmp_path, "p", {"seeds": [0, 1], "overrides": {"model.likelihood.name": "bernoulli"}})
+    index = build_index(tmp_path)
+    runs = tmp_path / "runs"
+    for seed, (epochs, best) in enumerate([(412, 362), (450, 441)]):
+        fake_run(run_dir(runs, "p", seed), 0.9, -90.0, 60)
+        (run_dir(runs, "p", seed) / "train.json").write_text(json.dumps({"epochs": epochs, "best_epoch": best}))
+    table = write_table(index, runs, tmp_path / "archive", tmp_path / "t.md", tmp_path / "t.csv")
+    assert "samples) | 412-450 (best 362-441) | 1.0 |" in table
+    (run_dir(runs, "p", 1) / "train.json").write_text(json.dumps({"epochs": 412}))  # one seed without
+    table = write_table(index, runs, tmp_path / "archive", tmp_path / "t.md", tmp_path / "t.csv")
+    assert "samples) | 412 | 1.0 |" in table
+
+
 def test_committed_table_is_the_stage_output(tmp_path):
     """Nobody types numbers into the table: experiments/table.md is what the table stage
     writes from the committed per-run metrics."""

@@ -59,6 +59,12 @@ def sample_std(values: List[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def span(values: List[int]) -> str:
+    """'450' when every seed ran as many epochs, '412-450' when early stopping varied it."""
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def row(preset: str, info: dict, runs: List[Dict[str, dict]], of_seeds: int, source: str) -> Dict:
     """One table row over `runs` (sample std, n - 1: with 3 seeds the population std
     would understate the spread by a fifth)."""
@@ -79,7 +85,9 @@ def row(preset: str, info: dict, runs: List[Dict[str, dict]], of_seeds: int, sou
         "nll_sem": float(np.mean([e.get("test_log_likelihood_sem", float("nan")) for e in evaluate])),
         "likelihood": info["likelihood"],
         "ll_images": evaluate[0].get("ll_images", ""), "iw_samples": evaluate[0].get("iw_samples", ""),
-        "epochs": train[0]["epochs"],
+        "epochs": span([t["epochs"] for t in train]),
+        # train.early_stopping: the epoch whose weights each seed kept, "" without it
+        "best_epoch": span([t["best_epoch"] for t in train]) if all("best_epoch" in t for t in train) else "",
         "train_minutes": float(np.mean([t["train_seconds"] for t in train]) / 60),
         "hardware": "; ".join(dict.fromkeys(t.get("hardware", "unknown") for t in train)),
     }
@@ -139,9 +147,14 @@ def markdown(rows: List[Dict]) -> str:
         lines.append(f"| {r['preset']} | {r['kind']} | {r['recipe']} | {acc} (n={n}) | "
                      f"{val_text(r)} | {r['nmi_mean']:.4f} | {nll} | {sem_text(r)} | "
                      f"{r['likelihood']} ({r['ll_images']} images × "
-                     f"{r['iw_samples']} samples) | {r['epochs']} | {r['train_minutes']:.1f} | "
+                     f"{r['iw_samples']} samples) | {epochs_text(r)} | {r['train_minutes']:.1f} | "
                      f"{r['hardware']} | {r['source']} |")
     return "\n".join(lines) + "\n"
+
+
+def epochs_text(r: Dict) -> str:
+    """Epochs run, and the kept (best held-out) epoch where early stopping chose one."""
+    return f"{r['epochs']} (best {r['best_epoch']})" if r.get("best_epoch") else f"{r['epochs']}"
 
 
 def compact(rows: List[Dict]) -> str:
