@@ -26,7 +26,7 @@ def test_experts_differ_only_in_their_own_layers(gated):
     act = (lambda y: y[..., :12] * torch.sigmoid(y[..., 12:])) if gated else torch.relu
     x = torch.rand(5, 784)
     enc, dec = model.encoders, model.decoders
-    h = act(enc.body.layers[1](act(enc.body.layers[0](x))))  # (B, H), the same for every expert
+    h = act(enc.body[2](act(enc.body[0](x))))  # (B, H), the same for every expert
     mu, logvar = model.encode(x)  # (K, B, L)
     for k in range(4):
         torch.testing.assert_close(torch.cat([mu[k], logvar[k]], -1),
@@ -34,7 +34,7 @@ def test_experts_differ_only_in_their_own_layers(gated):
     z = torch.randn(4, 5, 3)
     logits = model.decode(z)  # (K, B, D)
     for k in range(4):
-        by_hand = dec.body.layers[1](act(dec.body.layers[0](act(z[k] @ dec.head.weight[k] + dec.head.bias[k, 0]))))
+        by_hand = dec.body[2](act(dec.body[0](act(z[k] @ dec.head.weight[k] + dec.head.bias[k, 0]))))
         torch.testing.assert_close(logits[k], by_hand)
         torch.testing.assert_close(dec.one(k, z[k]), logits[k])
 
@@ -46,8 +46,8 @@ def test_top_1_experts_all_train_the_shared_layers(kind):
     model = shared(**{"kind": kind, "moe_vae.top_k": 1, "hmoe_vae.experts": 2, "hmoe_vae.sub_experts": 2})
     x = model.prepare(torch.rand(6, 784))
     model(x)["expected_expert_loss"].backward()
-    assert model.encoders.body.layers[0].weight.grad.abs().max() > 0
-    assert model.decoders.body.layers[-1].weight.grad.abs().max() > 0
+    assert model.encoders.body[0].weight.grad.abs().max() > 0
+    assert model.decoders.body[-1].weight.grad.abs().max() > 0
     if kind == "moe_vae":
         chosen = set(model.cluster_probs(x).argmax(-1).tolist())
         used = {e for e in range(4) if model.decoders.head.bias.grad[e].abs().max() > 0}

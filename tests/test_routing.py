@@ -14,10 +14,18 @@ def small(**kw):
 
 def test_pack_puts_each_pair_in_its_experts_next_free_row():
     choices = torch.tensor([[2, 0], [2, 1], [0, 2]])  # (B=3, k=2)
-    expert, row, cap = pack(choices, 4)
-    assert expert.tolist() == [2, 0, 2, 1, 0, 2]
-    assert row.tolist() == [0, 0, 1, 0, 1, 2]  # expert 2 holds images 0, 1, 2 in order
-    assert cap == 3  # the busiest expert; expert 3 got nothing and is all padding
+    packing = pack(choices, 4)
+    assert packing.expert.tolist() == [2, 0, 2, 1, 0, 2]
+    assert packing.row.tolist() == [0, 0, 1, 0, 1, 2]  # expert 2 holds images 0, 1, 2 in order
+    assert packing.cap == 3  # the busiest expert; expert 3 got nothing and is all padding
+    pairs = packing.pairs(torch.tensor([10.0, 11.0, 12.0]))  # (B,) -> (A,) = (B*k,)
+    blocks = packing.pack(pairs)  # (K, C)
+    assert blocks.tolist() == [[10, 12, 0], [11, 0, 0], [10, 11, 12], [0, 0, 0]]
+    assert torch.equal(packing.unpack(blocks), pairs)
+
+
+SHARED = {"moe_vae.experts": 4, "net.latent_dim": 3, "net.hidden": 16, "net.layers": 2,
+          "net.gated": True, "net.shared_hidden": True}
 
 
 def test_top_k_equal_to_k_experts_is_the_dense_model():
@@ -32,6 +40,33 @@ def test_top_k_equal_to_k_experts_is_the_dense_model():
     b = routed(x)
     for key in ("loss", "expected_expert_loss", "kl"):
         assert b[key].item() == pytest.approx(a[key].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_shared_layers_skip_the_padding_rows_and_give_the_blocks_losses(k):
+    """With shared hidden layers the bodies see each image (encoder) and each pair
+    (decoder) once, not the K*C padded rows: same losses and gradients as running every
+    layer on the blocks, with the same noise."""
+    from pipeline.models.registry import model_config
+    from pipeline.models.routing import pack
+
+    torch.manual_seed(0)
+    model = build_model(model_config({**SHARED, "moe_vae.top_k": k}))
+    x = torch.rand(7, 784).bernoulli()
+    packing = pack(torch.rand(7, 4).topk(k, -1).indices, 4)
+    seen = []
+    hook = model.decoders.body[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    torch.manual_seed(1)
+    loss, kl = model.expert_losses(x, packing)  # (A,) each
+    hook.remove()
+    assert seen == [(7 * k, 16)] and packing.experts * packing.cap > 7 * k  # the padding was skipped
+    grad = torch.autograd.grad(loss.sum(), model.encoders.body[0].weight)[0]
+    torch.manual_seed(1)
+    blocks, kl_blocks = model.expert_losses(packing.pack(packing.pairs(x)))  # (K, C): padding too
+    torch.testing.assert_close(loss, packing.unpack(blocks))
+    torch.testing.assert_close(kl, packing.unpack(kl_blocks))
+    by_blocks = torch.autograd.grad(packing.unpack(blocks).sum(), model.encoders.body[0].weight)[0]
+    torch.testing.assert_close(grad, by_blocks)
 
 
 def test_top_1_trains_only_the_chosen_experts():

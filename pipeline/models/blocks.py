@@ -59,17 +59,32 @@ class NetConfig:
               f"choose one of {sorted(ACTIVATION_MODULES)}")
 
 
-def mlp(sizes: Sequence[int], activation: str, batchnorm: bool = False) -> nn.Sequential:
-    """Linear layers with `activation` (after BatchNorm, if asked) between them, none after
-    the last."""
+def mlp(sizes: Sequence[int], activation: str, batchnorm: bool = False, gated: bool = False,
+        act_last: bool = False) -> nn.Sequential:
+    """Linear layers with `activation` (after BatchNorm, if asked) between them, and after
+    the last one too with act_last. gated: each such layer gives 2H units and Gate keeps
+    a * sigmoid(g) of them. Acts on the last dimension of any (..., I) input."""
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
+        acted = act_last or i < len(sizes) - 2
+        width = 2 * b if gated and acted else b
+        layers.append(nn.Linear(a, width))
+        if acted:
             if batchnorm:
-                layers.append(nn.BatchNorm1d(b))
-            layers.append(ACTIVATION_MODULES[activation]())
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(Gate() if gated else ACTIVATION_MODULES[activation]())
     return nn.Sequential(*layers)
+
+
+def gate(y: torch.Tensor) -> torch.Tensor:
+    """(..., 2H) = [a, g] -> (..., H) = a * sigmoid(g)."""
+    a, g = y.chunk(2, dim=-1)
+    return a * torch.sigmoid(g)
+
+
+class Gate(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return gate(y)
 
 
 class BatchedLinear(nn.Module):
@@ -141,35 +156,23 @@ class BatchedMLP(nn.Module):
         return x
 
 
-class SharedMLP(nn.Module):
-    """One MLP whose linear layers act on the last dimension of any (..., I) input, with
-    `activation` (or gates) after every layer but the last; act_last: after the last too."""
-
-    def __init__(self, sizes: Sequence[int], activation: str, gated: bool, act_last: bool):
-        super().__init__()
-        acted = range(len(sizes) - 1 if act_last else len(sizes) - 2)
-        self.layers = nn.ModuleList(nn.Linear(a, 2 * b if gated and i in acted else b)
-                                    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
-        self.act, self.acted = (gate if gated else ACTIVATION_MODULES[activation]()), acted
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = self.act(layer(x)) if i in self.acted else layer(x)
-        return x
-
-
 class SharedEncoder(nn.Module):
     """K encoders sharing their hidden layers (model.net.shared_hidden): the body maps
-    (B, D) -> (B, H) (or routed blocks (K, C, D) -> (K, C, H)) once for all experts, and
-    only the output layer is per expert: -> (K, B, O)."""
+    (B, D) -> (B, H) once for all experts, and only the output layer is per expert:
+    -> (K, B, O)."""
 
     def __init__(self, k: int, sizes: Sequence[int], activation: str, gated: bool):
         super().__init__()
-        self.body = SharedMLP(sizes[:-1], activation, gated, act_last=True)
+        self.body = mlp(sizes[:-1], activation, gated=gated, act_last=True)
         self.head = BatchedLinear(k, sizes[-2], sizes[-1], shared_input=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+    def routed(self, x: torch.Tensor, packing) -> torch.Tensor:
+        """(B, D) -> (K, C, O) for the pairs of a routing.Packing: the body once per image,
+        the heads on the packed blocks."""
+        return self.head(packing.pack(packing.pairs(self.body(x))))
 
 
 class SharedDecoder(nn.Module):
@@ -179,8 +182,8 @@ class SharedDecoder(nn.Module):
     def __init__(self, k: int, sizes: Sequence[int], activation: str, gated: bool):
         super().__init__()
         self.head = BatchedLinear(k, sizes[0], 2 * sizes[1] if gated else sizes[1])
-        self.act = gate if gated else ACTIVATION_MODULES[activation]()
-        self.body = SharedMLP(sizes[1:], activation, gated, act_last=False)
+        self.act = Gate() if gated else ACTIVATION_MODULES[activation]()
+        self.body = mlp(sizes[1:], activation, gated=gated)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(self.act(self.head(z)))
@@ -189,11 +192,10 @@ class SharedDecoder(nn.Module):
         """Decoder k alone, (N, L) -> (N, D) logits."""
         return self.body(self.act(self.head.one(k, z)))
 
-
-def gate(y: torch.Tensor) -> torch.Tensor:
-    """(..., 2H) = [a, g] -> (..., H) = a * sigmoid(g)."""
-    a, g = y.chunk(2, dim=-1)
-    return a * torch.sigmoid(g)
+    def routed(self, z: torch.Tensor, packing) -> torch.Tensor:
+        """(K, C, L) packed codes -> (A, D) logits, one row per pair of the routing.Packing:
+        the heads on the blocks, the body on the real rows only (no padding)."""
+        return self.body(packing.unpack(self.act(self.head(z))))
 
 
 SIDE = 28  # conv blocks work on 28x28 images: two stride-2 layers give 7x7 maps
