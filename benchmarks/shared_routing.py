@@ -63,7 +63,7 @@ def main() -> None:
     code = build_model(cfg)
     before = OnBlocks(cfg)
     before.load_state_dict(code.state_dict())
-    batch = params.train.batch_size * (spec.expert_batch_scale or 1)
+    batch = params.train.batch_size * spec.expert_batch_scale  # the expert-only phase
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(batch, code.n_pixels, generator=gen).bernoulli(generator=gen)
     packings = [pack(torch.rand(batch, spec.experts, generator=gen).topk(spec.top_k, -1).indices,
