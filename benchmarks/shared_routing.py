@@ -23,7 +23,7 @@ import torch
 from pipeline.experiments.presets import load_preset, run_params
 from pipeline.models.kinds.moe_vae import MoEVAE
 from pipeline.models.registry import build_model
-from pipeline.models.routing import pack
+from pipeline.models.routing import on_blocks, pack
 from pipeline.params import Params
 from pipeline.training.loop import make_optimizer
 
@@ -34,8 +34,7 @@ class OnBlocks(MoEVAE):
     def expert_losses(self, x, packing=None):
         if packing is None:
             return super().expert_losses(x)
-        loss, kl = super().expert_losses(packing.pack(packing.pairs(x)))
-        return packing.unpack(loss), packing.unpack(kl)
+        return on_blocks(self, x, packing)
 
 
 def step_seconds(model, opt, x, packings) -> float:

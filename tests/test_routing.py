@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.models.registry import build_model
-from pipeline.models.routing import pack
+from pipeline.models.routing import on_blocks, pack
 from tests.conftest import model_cfg
 
 
@@ -22,6 +22,9 @@ def test_pack_puts_each_pair_in_its_experts_next_free_row():
     blocks = packing.pack(pairs)  # (K, C)
     assert blocks.tolist() == [[10, 12, 0], [11, 0, 0], [10, 11, 12], [0, 0, 0]]
     assert torch.equal(packing.unpack(blocks), pairs)
+    top1 = pack(choices[:, :1], 4)  # k = 1: one pair per image, the images themselves
+    images = torch.rand(3, 5)
+    assert top1.pairs(images) is images
 
 
 SHARED = {"moe_vae.experts": 4, "net.latent_dim": 3, "net.hidden": 16, "net.layers": 2,
@@ -48,7 +51,6 @@ def test_shared_layers_skip_the_padding_rows_and_give_the_blocks_losses(k):
     (decoder) once, not the K*C padded rows: same losses and gradients as running every
     layer on the blocks, with the same noise."""
     from pipeline.models.registry import model_config
-    from pipeline.models.routing import pack
 
     torch.manual_seed(0)
     model = build_model(model_config({**SHARED, "moe_vae.top_k": k}))
@@ -62,10 +64,10 @@ def test_shared_layers_skip_the_padding_rows_and_give_the_blocks_losses(k):
     assert seen == [(7 * k, 16)] and packing.experts * packing.cap > 7 * k  # the padding was skipped
     grad = torch.autograd.grad(loss.sum(), model.encoders.body[0].weight)[0]
     torch.manual_seed(1)
-    blocks, kl_blocks = model.expert_losses(packing.pack(packing.pairs(x)))  # (K, C): padding too
-    torch.testing.assert_close(loss, packing.unpack(blocks))
-    torch.testing.assert_close(kl, packing.unpack(kl_blocks))
-    by_blocks = torch.autograd.grad(packing.unpack(blocks).sum(), model.encoders.body[0].weight)[0]
+    blocks, kl_blocks = on_blocks(model, x, packing)  # every layer on the (K, C) blocks, padding too
+    torch.testing.assert_close(loss, blocks)
+    torch.testing.assert_close(kl, kl_blocks)
+    by_blocks = torch.autograd.grad(blocks.sum(), model.encoders.body[0].weight)[0]
     torch.testing.assert_close(grad, by_blocks)
 
 

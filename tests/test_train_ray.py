@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -27,8 +28,10 @@ def test_ddp_two_workers_learns_and_returns_a_rebuildable_model(ray_session, tin
     # global batch 40; epoch 3, with the manager fixed, steps on 80 (expert_batch_scale)
     params = tiny_params(tmp_path, moe={"manager_epochs": 2, "expert_batch_scale": 2}, epochs=3,
                          batch_size=20, batch_scope="worker")
+    stores = set(Path(tempfile.gettempdir()).glob("moe-vae-pg-*"))  # the process groups' FileStores
     lines = []
     state = fit(params, tiny_shards, log=lines.append)
+    assert set(Path(tempfile.gettempdir()).glob("moe-vae-pg-*")) == stores  # removed at shutdown
     hist = state["history"]
     assert [r["epoch"] for r in hist] == [1, 2, 3]
     assert hist[-1]["loss"] < hist[0]["loss"]

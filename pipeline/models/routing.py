@@ -8,10 +8,11 @@
 Each expert runs only on the images routed to it. The A = B*k (image, expert) pairs are
 packed by expert into (K, C, ...) blocks, C = the busiest expert's share of this batch, so
 one batched matmul per layer still serves all experts, on K*C ~ k*B rows instead of K*B.
-Padding rows are computed and dropped. With model.net.shared_hidden only the experts' own
-layers run on the blocks; the shared layers run on the real rows (B images, A pairs). With k = 1 every gate is 1: the expert loss sends
-no gradient to the manager, which then learns only from the balancing and IMSAT terms
-(model.moe_vae.manager.*_weight); k >= 2 keeps a gradient between the chosen experts.
+Padding rows are computed and dropped (`on_blocks`). With model.net.shared_hidden only the
+experts' own layers run on the blocks; the shared layers run on the real rows (B images, A
+pairs). With k = 1 every gate is 1: the expert loss sends no gradient to the manager, which
+then learns only from the balancing and IMSAT terms (model.moe_vae.manager.*_weight);
+k >= 2 keeps a gradient between the chosen experts.
 The balancing term, the manager terms, clustering and log p(x) still use the full p(k|x).
 """
 from __future__ import annotations
@@ -33,8 +34,8 @@ class Packing:
     cap: int  # C
 
     def pairs(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, ...) per image -> (A, ...) per pair."""
-        return t.repeat_interleave(self.k, dim=0)
+        """(B, ...) per image -> (A, ...) per pair (t itself at k = 1: A = B, no copy)."""
+        return t if self.k == 1 else t.repeat_interleave(self.k, dim=0)
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         """(A, ...) per pair -> (K, C, ...) blocks, zero padding."""
@@ -56,6 +57,13 @@ def pack(experts: torch.Tensor, n_experts: int) -> Packing:
     row = torch.empty_like(flat)
     row[order] = torch.arange(flat.numel(), device=flat.device) - starts[flat[order]]
     return Packing(flat, row, experts.shape[1], n_experts, int(counts.max()))
+
+
+def on_blocks(model, x: torch.Tensor, packing: Packing):
+    """Every expert layer of `model` (a MoEVAE) on the padded (K, C) blocks: x (B, D) -> its
+    pairs' negative ELBOs and KL terms, (A,) each."""
+    loss, kl = model.expert_losses(packing.pack(packing.pairs(x)))  # (K, C) each
+    return packing.unpack(loss), packing.unpack(kl)
 
 
 def routed_expert_loss(model, x: torch.Tensor, logits: torch.Tensor, k: int):

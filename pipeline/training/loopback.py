@@ -13,6 +13,7 @@ rendezvous store or its address; tests/test_train_ray.py checks the listening so
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -41,17 +42,29 @@ def loopback_env() -> dict:
 
 
 class _LoopbackBackend(_TorchBackend):
+    store: str | None = None  # the FileStore's path while a process group is up
+
     def on_start(self, worker_group, backend_config: "LoopbackTorchConfig") -> None:
         if len(worker_group) == 1:
             return  # no process group: nothing listens
         worker_group.execute(_set_torch_distributed_env_vars)
         # A fresh file each start (a retry after a failure must not meet the old one's
-        # counters); FileStore creates it and the last rank to leave deletes it.
-        path = os.path.join(tempfile.gettempdir(), f"moe-vae-pg-{uuid.uuid4().hex}")
+        # counters); torch deletes it only when every rank's store is destroyed, which a
+        # Ray worker's exit skips, so on_shutdown removes it.
+        self.store = os.path.join(tempfile.gettempdir(), f"moe-vae-pg-{uuid.uuid4().hex}")
         ray.get([worker_group.execute_single_async(
             rank, _setup_torch_process_group, backend=backend_config.backend, world_rank=rank,
-            world_size=len(worker_group), init_method=f"file://{path}",
+            world_size=len(worker_group), init_method=f"file://{self.store}",
             timeout_s=backend_config.timeout_s) for rank in range(len(worker_group))])
+
+    def on_shutdown(self, worker_group, backend_config) -> None:
+        try:
+            super().on_shutdown(worker_group, backend_config)
+        finally:
+            if self.store is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.store)
+                self.store = None
 
 
 @dataclass

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import ClassVar, Dict, Optional
 
 import torch
@@ -42,7 +41,7 @@ from pipeline.models.blocks import decoder, encoder
 from pipeline.models.distributions import kl_std_normal, log_normal, log_std_normal
 from pipeline.models.manager import (ManagerConfig, balancing_loss, build_manager, check_manager_input,
                                      knn_radius, manager_terms, radius_from, wants_radius)
-from pipeline.models.routing import Packing, routed_expert_loss
+from pipeline.models.routing import Packing, on_blocks, routed_expert_loss
 from pipeline.models.size import check_sizes
 
 
@@ -229,18 +228,21 @@ class MoEVAE(GenerativeModel):
         """x (B, D) shared by all experts, or (K, B, D) one block per expert -> each
         expert's negative ELBO L_k(x) and its KL term, (K, B) each (one-sample estimate).
         With `packing` (routing.py): x (B, D) -> those of its (image, expert) pairs, (A,) each."""
-        if packing is not None and not self.net.shared_hidden:  # every layer on the (K, C) blocks
-            loss, kl = self.expert_losses(packing.pack(packing.pairs(x)))
-            return packing.unpack(loss), packing.unpack(kl)
         if packing is None:
-            mu, logvar = self.encode(x)  # (K, B, L)
-            decode, rows = self.decode, (lambda t: t)
-        else:  # shared layers on the real rows only, the experts' own on the (K, C) blocks
-            mu, logvar = self.encoders.routed(x, packing).chunk(2, dim=-1)  # (K, C, L)
-            decode, rows, x = partial(self.decoders.routed, packing=packing), packing.unpack, packing.pairs(x)
+            return self._negative_elbo(x, *self.encode(x), self.decode)  # mu, logvar (K, B, L)
+        if not self.net.shared_hidden:
+            return on_blocks(self, x, packing)
+        # the shared layers on the real rows only (B images, A pairs), the heads on the blocks
+        mu, logvar = self.encoders.routed(x, packing).chunk(2, dim=-1)  # (K, C, L)
+        return self._negative_elbo(packing.pairs(x), mu, logvar,
+                                   lambda z: self.decoders.routed(z, packing), packing.unpack)
+
+    def _negative_elbo(self, x, mu, logvar, decode, rows=None):
+        """One z ~ q(z|x) per row of mu -> (kl_weight * KL(q || N(0, I)) - log p(x | z), KL),
+        laid out as x; `rows` maps the KL from mu's layout to x's (blocks -> pairs)."""
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        log_px_z = self.likelihood.log_prob(x, decode(z))  # (K, B) | (A,)
-        kl = rows(kl_std_normal(mu, logvar))  # (K, B) | (A,)
+        log_px_z = self.likelihood.log_prob(x, decode(z))
+        kl = kl_std_normal(mu, logvar) if rows is None else rows(kl_std_normal(mu, logvar))
         return (kl if self.kl_weight == 1.0 else self.kl_weight * kl) - log_px_z, kl
 
     @torch.no_grad()
