@@ -41,7 +41,8 @@ from pipeline.evaluation.config import EvaluateConfig  # noqa: E402
 from pipeline.evaluation.likelihood import log_likelihoods  # noqa: E402
 from pipeline.evaluation.metrics import prepare_test  # noqa: E402
 from pipeline.models.registry import build_model  # noqa: E402
-from pipeline.experiments.presets import load_preset, run_params  # noqa: E402
+from pipeline.experiments.presets import load_preset  # noqa: E402
+from pipeline.experiments.runs import run_params  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.params.train import COMPILE_MODES  # noqa: E402
 from pipeline.training.loop import (compiled, cpu_model, make_optimizer, set_deterministic,  # noqa: E402

@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from pipeline.experiments.presets import load_preset, run_params
+from pipeline.experiments.presets import load_preset
+from pipeline.experiments.runs import run_params
 from pipeline.models.kinds.moe_vae import MoEVAE
 from pipeline.models.registry import build_model
 from pipeline.models.routing import on_blocks, pack

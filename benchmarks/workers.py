@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.data.shards import write_shards
-from pipeline.experiments.presets import load_preset, run_params
+from pipeline.experiments.presets import load_preset
+from pipeline.experiments.runs import run_params
 from pipeline.params import load_params, with_overrides
 
 

@@ -27,7 +27,8 @@ def load(args: argparse.Namespace) -> Params:
     if not getattr(args, "preset", None):
         return params
     from pipeline.experiments.index import read_index
-    from pipeline.experiments.presets import load_preset, run_params
+    from pipeline.experiments.presets import load_preset
+    from pipeline.experiments.runs import run_params
 
     read_index()  # the stage's params: must say what the preset files say
     return run_params(params, load_preset(args.preset), args.seed)

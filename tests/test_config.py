@@ -4,7 +4,8 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 from pipeline.paramdoc import describe, leaf_keys, reference
-from pipeline.experiments.presets import load_preset, run_params
+from pipeline.experiments.presets import load_preset
+from pipeline.experiments.runs import run_params
 from pipeline.params import Params, load_params, params_from_dict
 from tests.conftest import ROOT
 

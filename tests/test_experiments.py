@@ -8,7 +8,8 @@ import yaml
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.schema import to_dict
 from pipeline.experiments.index import INDEX, build_index, read_index, render
-from pipeline.experiments.presets import RUN_KEYS, load_preset, run_params
+from pipeline.experiments.presets import Preset, load_preset, resolve
+from pipeline.experiments.runs import RUN_KEYS, run_params
 from pipeline.experiments.table import compact, markdown, read_yaml, run_dir, table_rows, write_table
 from pipeline.params import Params, load_params
 from tests.conftest import ROOT
@@ -39,8 +40,9 @@ def test_presets_say_only_what_they_change():
     """No preset repeats a value its base already has, and no block is copied."""
     for path in sorted(PARAMS.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
-        base = (to_dict(Params()) if not raw.get("extends") else
-                to_dict(run_params(Params(), load_preset(raw["extends"], PARAMS), 0)))
+        bases = raw.get("extends") or []
+        bases = [bases] if isinstance(bases, str) else bases
+        base = to_dict(run_params(Params(), Preset(path.stem, "", (), (), resolve(bases, PARAMS)[1]), 0))
         for key, value in (raw.get("overrides") or {}).items():
             node = base
             for part in key.split("."):
@@ -56,6 +58,32 @@ def test_extends_resolves_the_chain_and_later_files_win(tmp_path):
     run = run_params(load_params(ROOT / "params.yaml"), b, 2)
     assert (run.train.epochs, run.model.net.hidden, run.train.seed) == (4, 16, 2)
     assert run.model.likelihood.name == Params().model.likelihood.name  # not params.yaml's
+
+
+def test_several_bases_apply_in_order_each_after_its_own_bases(tmp_path):
+    """extends: [a, b]: every preset reached applies its own overrides once, each after its
+    bases, so b (and then the file itself) wins, and a shared root does not undo a."""
+    write(tmp_path, "root", {"overrides": {"train.epochs": 3, "train.lr": 0.01, "model.net.hidden": 16}})
+    write(tmp_path, "a", {"extends": "root", "overrides": {"train.epochs": 4, "model.net.hidden": 32}})
+    write(tmp_path, "b", {"extends": "root", "overrides": {"train.epochs": 5}})
+    write(tmp_path, "frag", {"overrides": {"train.batch_size": 50}})
+    write(tmp_path, "c", {"extends": ["a", "b", "frag"], "overrides": {"train.lr": 0.002}})
+    c = load_preset("c", tmp_path)
+    assert c.chain == ("root", "a", "b", "frag", "c")
+    assert c.overrides == {"train.epochs": 5, "train.lr": 0.002, "model.net.hidden": 32,
+                           "train.batch_size": 50}
+    write(tmp_path, "c", {"extends": ["b", "a"]})  # the other order: a's epochs win
+    assert load_preset("c", tmp_path).overrides["train.epochs"] == 4
+    assert load_preset("c", tmp_path).chain == ("root", "b", "a", "c")
+
+
+def test_the_warp_term_is_one_fragment_that_two_recipes_extend():
+    warps = load_preset("manager_warps", PARAMS).overrides
+    assert set(warps) == {f"model.moe_vae.manager.augment_{k}" for k in ("weight", "from", "shear", "stroke")}
+    for name in ("moe_imsat_top1_imsat_aug", "moe_imsat_ll_shared_aug"):
+        preset = load_preset(name, PARAMS)
+        assert "manager_warps" in preset.chain and warps.items() <= preset.overrides.items()
+        assert not set(warps) & set(yaml.safe_load((PARAMS / f"{name}.yaml").read_text())["overrides"])
 
 
 def test_where_runs_happen_comes_from_params_yaml(tmp_path):
@@ -90,8 +118,13 @@ def test_editing_a_base_changes_exactly_the_presets_built_on_it(tmp_path):
     ({"p": {"overides": {}}}, "use only the keys description, extends, seeds, overrides"),
     ({"p": {"overrides": {"experts": 3}}}, "p.yaml: overrides={'experts': 3} is invalid"),
     ({"p": {"seeds": [0, 0]}}, "p.yaml: seeds=[0, 0] is invalid"),
+    ({"p": {"seeds": [[0]]}}, "p.yaml: seeds=[[0]] is invalid"),
     ({"p": {"extends": "q"}}, "preset " + "{d}/q.yaml not found"),
     ({"p": {"extends": "q"}, "q": {"extends": "p"}}, "preset p: extends loops (p -> q -> p)"),
+    ({"p": {"extends": ["r", "q"]}, "r": {}, "q": {"extends": ["r", "p"]}}, "preset p: extends loops (p -> q -> p)"),
+    ({"p": {"extends": ["q", "q"]}, "q": {}}, "p.yaml: extends=['q', 'q'] is invalid; name one preset"),
+    ({"p": {"extends": []}}, "p.yaml: extends=[] is invalid"),
+    ({"p": {"extends": {"q": 1}}}, "p.yaml: extends={'q': 1} is invalid"),
 ])
 def test_bad_presets_are_one_line_errors(tmp_path, files, needle):
     for name, body in files.items():
@@ -205,6 +238,9 @@ def test_a_run_depends_on_its_resolved_preset_and_the_run_keys_that_change_numbe
     assert {"experiments/index.yaml": ["presets.${item.preset}.overrides"]} in stage["params"]
     assert "data/neighbours" in stage["deps"]
     assert "params/${item.preset}.yaml" not in stage["deps"]  # seeds and comments change no run
+    # how presets resolve is in the index: editing presets.py or index.py stales no run
+    assert "pipeline/experiments/runs.py" in stage["deps"]
+    assert not {"pipeline/experiments/presets.py", "pipeline/experiments/index.py"} & set(stage["deps"])
     table = yaml.safe_load((ROOT / "experiments/dvc.yaml").read_text())["stages"]["table"]
     assert "params" in table["deps"]  # ...but the table stage checks the index against params/
 

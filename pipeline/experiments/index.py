@@ -23,7 +23,8 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_text
-from pipeline.experiments.presets import PRESETS_DIR, load_preset, preset_names, run_params
+from pipeline.experiments.presets import PRESETS_DIR, load_preset, preset_names
+from pipeline.experiments.runs import run_params
 from pipeline.params import Params
 
 INDEX = Path("experiments/index.yaml")

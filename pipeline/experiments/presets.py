@@ -1,8 +1,8 @@
-"""Named recipes: params/<name>.yaml, each saying only what it changes against its base.
+"""Named recipes: params/<name>.yaml, each saying only what it changes against its bases.
 
     # params/<name>.yaml
     description: one line for the table's "recipe" column
-    extends: moe_imsat          # optional: another preset; absent: the code's defaults
+    extends: moe_imsat          # optional: another preset, or a list of them; absent: the code's defaults
     seeds: [0, 1, 2]            # train.seed of each run; [] or absent: a recipe not run
     overrides:                  # dotted keys of params.yaml, any depth
       model.moe_vae.top_k: 1
@@ -11,29 +11,24 @@
 A preset resolves along its `extends` chain to one mapping of overrides on the code's
 defaults (pipeline.params.Params()), never on params.yaml: editing the main job leaves
 every preset as it was, and editing a preset changes exactly the presets that extend it.
-Only the keys that say where and how a run executes, not what it computes, come from
-params.yaml (RUN_KEYS: workers, GPU, threads, checkpoint storage), so one machine's
-settings apply to every run. A run of preset P with seed S is that, plus train.seed = S,
-validated like params.yaml itself (a typo is an error that names the file).
+With several bases (`extends: [a, b]`) the chain lists every preset reached, each after
+its own bases (a before b where neither is a base of the other), and each preset's own
+overrides apply once, in that order: b's win over a's, and the file's own over both. A
+fragment such as params/manager_warps.yaml (a few keys, no seeds) is how two recipes
+share a change without copying it. runs.py makes a run of the result.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import yaml
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.schema import apply_overrides, to_dict
-from pipeline.params import Params, params_from_dict
 
 PRESETS_DIR = Path("params")
 FIELDS = ("description", "extends", "seeds", "overrides")
-# Where and how a run executes (params.yaml's, for every run): not part of a recipe.
-RUN_KEYS = ("train.num_workers", "train.use_gpu", "train.storage_path", "train.max_failures",
-            "train.tensorboard", "train.threads", "train.portable_cpu", "train.deterministic",
-            "train.compile", "evaluate.workers", "evaluate.use_gpu")
 
 
 @dataclass(frozen=True)
@@ -41,12 +36,12 @@ class Preset:
     name: str
     description: str
     seeds: Tuple[int, ...]
-    chain: Tuple[str, ...]  # the presets it resolves through, its root first, itself last
-    overrides: Dict[str, object]  # the chain's overrides merged, later files winning
+    chain: Tuple[str, ...]  # the presets it resolves through, each after its bases, itself last
+    overrides: Dict[str, object]  # the chain's own overrides applied in order, later ones winning
 
 
 def read_file(path: Path) -> dict:
-    """The raw mapping of one preset file, its fields checked."""
+    """The raw mapping of one preset file, its fields checked; `extends` as a tuple."""
     if not path.exists():
         raise ConfigError(f"preset {path} not found; create it or fix the name")
     try:
@@ -62,53 +57,53 @@ def read_file(path: Path) -> dict:
         raise ConfigError(f"{path}: overrides={over!r} is invalid; use a mapping of dotted "
                           f"'section.key' to value")
     seeds = raw.get("seeds") or []
-    if not (isinstance(seeds, list) and len(set(seeds)) == len(seeds) and all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+    if not (isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                            for s in seeds) and len(set(seeds)) == len(seeds)):
         raise ConfigError(f"{path}: seeds={seeds!r} is invalid; use a list of distinct integers >= 0")
     extends = raw.get("extends")
-    if extends is not None and not isinstance(extends, str):
-        raise ConfigError(f"{path}: extends={extends!r} is invalid; name one preset (a file stem)")
-    return {"description": str(raw.get("description") or path.stem), "extends": extends,
+    bases = [extends] if isinstance(extends, str) else extends
+    if extends is not None and not (isinstance(bases, list) and bases and all(
+            isinstance(b, str) and b for b in bases) and len(set(bases)) == len(bases)):
+        raise ConfigError(f"{path}: extends={extends!r} is invalid; name one preset (a file stem) "
+                          f"or a list of distinct ones")
+    return {"description": str(raw.get("description") or path.stem), "extends": tuple(bases or ()),
             "seeds": tuple(seeds), "overrides": over}
+
+
+def resolve(bases: Sequence[str], presets_dir: Path = PRESETS_DIR) -> Tuple[Tuple[str, ...], Dict[str, object]]:
+    """(chain, overrides) of a preset that extends `bases` and says nothing itself."""
+    files: Dict[str, dict] = {}
+    chain: List[str] = []
+
+    def visit(name: str, path: List[str]) -> None:  # depth first: a preset after its bases
+        if name in path:
+            raise ConfigError(f"preset {path[0]}: extends loops ({' -> '.join(path + [name])}); "
+                              f"break the cycle")
+        if name in files:
+            return
+        files[name] = read_file(Path(presets_dir) / f"{name}.yaml")
+        for base in files[name]["extends"]:
+            visit(base, path + [name])
+        chain.append(name)
+
+    for base in bases:
+        visit(base, [])
+    merged: Dict[str, object] = {}
+    for name in chain:
+        for key, value in files[name]["overrides"].items():
+            # a key replaces what the presets before it said about it and below it
+            merged = {k: v for k, v in merged.items() if k != key and not k.startswith(key + ".")}
+            merged[key] = value
+    return tuple(chain), merged
 
 
 def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
     """Preset `name`, resolved along its `extends` chain."""
-    chain: List[str] = []
-    files: List[dict] = []
-    current = name
-    while current is not None:
-        if current in chain:
-            raise ConfigError(f"preset {name}: extends loops ({' -> '.join(chain + [current])}); "
-                              f"break the cycle")
-        chain.append(current)
-        files.append(read_file(Path(presets_dir) / f"{current}.yaml"))
-        current = files[-1]["extends"]
-    merged: Dict[str, object] = {}
-    for raw in reversed(files):  # the root first, so a derived preset wins
-        for key, value in raw["overrides"].items():
-            # a key replaces what its base said about it and below it
-            merged = {k: v for k, v in merged.items() if k != key and not k.startswith(key + ".")}
-            merged[key] = value
-    return Preset(name=name, description=files[0]["description"], seeds=files[0]["seeds"],
-                  chain=tuple(reversed(chain)), overrides=merged)
+    chain, overrides = resolve([name], presets_dir)
+    own = read_file(Path(presets_dir) / f"{name}.yaml")
+    return Preset(name=name, description=own["description"], seeds=own["seeds"], chain=chain,
+                  overrides=overrides)
 
 
 def preset_names(presets_dir: Path = PRESETS_DIR) -> List[str]:
     return sorted(p.stem for p in Path(presets_dir).glob("*.yaml"))
-
-
-def run_params(params: Params, preset: Preset, seed: int) -> Params:
-    """The params of run (preset, seed): the code's defaults, then params.yaml's RUN_KEYS
-    (where and how runs execute), then the preset's overrides, then train.seed = seed."""
-    here = to_dict(params)
-    run_keys = {}
-    for dotted in RUN_KEYS:
-        section, key = dotted.split(".")
-        run_keys[dotted] = here[section][key]
-    try:
-        return params_from_dict(apply_overrides(to_dict(Params()), {
-            **run_keys, **preset.overrides, "train.seed": seed}))
-    except ConfigError as e:
-        files = " <- ".join(f"params/{n}.yaml" for n in reversed(preset.chain))
-        raise ConfigError(f"preset {preset.name} ({files}): {str(e).removeprefix('params.yaml: ')}") from None
