@@ -77,6 +77,19 @@ def test_several_bases_apply_in_order_each_after_its_own_bases(tmp_path):
     assert load_preset("c", tmp_path).chain == ("root", "b", "a", "c")
 
 
+def test_each_file_along_a_chain_is_read_once(tmp_path, monkeypatch):
+    """A diamond (c extends a and b, both extend root) reads four files, each once."""
+    import pipeline.experiments.presets as presets
+    write(tmp_path, "root", {"overrides": {"train.epochs": 3}})
+    write(tmp_path, "a", {"extends": "root"})
+    write(tmp_path, "b", {"extends": "root"})
+    write(tmp_path, "c", {"extends": ["a", "b"], "seeds": [4]})
+    read, real = [], presets.read_file
+    monkeypatch.setattr(presets, "read_file", lambda path: read.append(path.stem) or real(path))
+    c = load_preset("c", tmp_path)
+    assert sorted(read) == ["a", "b", "c", "root"] and c.seeds == (4,)
+
+
 def test_the_warp_term_is_one_fragment_that_two_recipes_extend():
     warps = load_preset("manager_warps", PARAMS).overrides
     assert set(warps) == {f"model.moe_vae.manager.augment_{k}" for k in ("weight", "from", "shear", "stroke")}

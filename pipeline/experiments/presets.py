@@ -72,6 +72,12 @@ def read_file(path: Path) -> dict:
 
 def resolve(bases: Sequence[str], presets_dir: Path = PRESETS_DIR) -> Tuple[Tuple[str, ...], Dict[str, object]]:
     """(chain, overrides) of a preset that extends `bases` and says nothing itself."""
+    _, chain, merged = _resolve(bases, presets_dir)
+    return chain, merged
+
+
+def _resolve(bases: Sequence[str], presets_dir: Path) -> Tuple[Dict[str, dict], Tuple[str, ...], Dict[str, object]]:
+    """(files read, chain, overrides): every file along the chain is read once."""
     files: Dict[str, dict] = {}
     chain: List[str] = []
 
@@ -94,13 +100,13 @@ def resolve(bases: Sequence[str], presets_dir: Path = PRESETS_DIR) -> Tuple[Tupl
             # a key replaces what the presets before it said about it and below it
             merged = {k: v for k, v in merged.items() if k != key and not k.startswith(key + ".")}
             merged[key] = value
-    return tuple(chain), merged
+    return files, tuple(chain), merged
 
 
 def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
     """Preset `name`, resolved along its `extends` chain."""
-    chain, overrides = resolve([name], presets_dir)
-    own = read_file(Path(presets_dir) / f"{name}.yaml")
+    files, chain, overrides = _resolve([name], presets_dir)
+    own = files[name]
     return Preset(name=name, description=own["description"], seeds=own["seeds"], chain=chain,
                   overrides=overrides)
 
