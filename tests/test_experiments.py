@@ -90,6 +90,21 @@ def test_each_file_along_a_chain_is_read_once(tmp_path, monkeypatch):
     assert sorted(read) == ["a", "b", "c", "root"] and c.seeds == (4,)
 
 
+def test_the_index_reads_each_preset_file_once(tmp_path, monkeypatch):
+    """Presets sharing a base share its read, and each still resolves through it."""
+    import pipeline.experiments.presets as presets
+    write(tmp_path, "root", {"overrides": {"train.epochs": 3, "model.moe_vae.manager.hidden": [32, 32]}})
+    write(tmp_path, "a", {"extends": "root", "seeds": [0]})
+    write(tmp_path, "b", {"extends": "root", "overrides": {"train.epochs": 5}, "seeds": [1]})
+    read, real = [], presets.read_file
+    monkeypatch.setattr(presets, "read_file", lambda path: read.append(path.stem) or real(path))
+    index = build_index(tmp_path)
+    assert sorted(read) == ["a", "b", "root"]
+    assert index["presets"]["b"]["chain"] == ["root", "b"] and index["presets"]["a"]["chain"] == ["root", "a"]
+    assert index["presets"]["b"]["overrides"]["train.epochs"] == 5
+    assert "&" not in render(index)  # no value shared between presets (a YAML anchor)
+
+
 def test_the_warp_term_is_one_fragment_that_two_recipes_extend():
     warps = load_preset("manager_warps", PARAMS).overrides
     assert set(warps) == {f"model.moe_vae.manager.augment_{k}" for k in ("weight", "from", "shear", "stroke")}

@@ -34,9 +34,9 @@ HEADER = ("# Generated from params/*.yaml by `python -m pipeline.experiments.ind
 
 def build_index(presets_dir: Path = PRESETS_DIR) -> dict:
     """The index of every preset in `presets_dir`, each validated as a run."""
-    presets, runs = {}, {}
+    presets, runs, files = {}, {}, {}  # files: each preset file read once, whoever extends it
     for name in preset_names(presets_dir):
-        preset = load_preset(name, presets_dir)
+        preset = load_preset(name, presets_dir, files)
         model = run_params(Params(), preset, 0).model  # validates the whole chain
         presets[name] = {"description": preset.description, "kind": model.kind,
                          "likelihood": model.likelihood.name, "chain": list(preset.chain),

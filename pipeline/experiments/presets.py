@@ -19,9 +19,10 @@ share a change without copying it. runs.py makes a run of the result.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -72,22 +73,23 @@ def read_file(path: Path) -> dict:
 
 def resolve(bases: Sequence[str], presets_dir: Path = PRESETS_DIR) -> Tuple[Tuple[str, ...], Dict[str, object]]:
     """(chain, overrides) of a preset that extends `bases` and says nothing itself."""
-    _, chain, merged = _resolve(bases, presets_dir)
-    return chain, merged
+    return _resolve(bases, presets_dir, {})
 
 
-def _resolve(bases: Sequence[str], presets_dir: Path) -> Tuple[Dict[str, dict], Tuple[str, ...], Dict[str, object]]:
-    """(files read, chain, overrides): every file along the chain is read once."""
-    files: Dict[str, dict] = {}
+def _resolve(bases: Sequence[str], presets_dir: Path,
+             files: Dict[str, dict]) -> Tuple[Tuple[str, ...], Dict[str, object]]:
+    """(chain, overrides), reading each file along the chain once into `files` (name -> its
+    read_file mapping), which a caller resolving many presets shares between them."""
     chain: List[str] = []
 
     def visit(name: str, path: List[str]) -> None:  # depth first: a preset after its bases
         if name in path:
             raise ConfigError(f"preset {path[0]}: extends loops ({' -> '.join(path + [name])}); "
                               f"break the cycle")
-        if name in files:
+        if name in chain:
             return
-        files[name] = read_file(Path(presets_dir) / f"{name}.yaml")
+        if name not in files:
+            files[name] = read_file(Path(presets_dir) / f"{name}.yaml")
         for base in files[name]["extends"]:
             visit(base, path + [name])
         chain.append(name)
@@ -99,13 +101,16 @@ def _resolve(bases: Sequence[str], presets_dir: Path) -> Tuple[Dict[str, dict], 
         for key, value in files[name]["overrides"].items():
             # a key replaces what the presets before it said about it and below it
             merged = {k: v for k, v in merged.items() if k != key and not k.startswith(key + ".")}
-            merged[key] = value
-    return files, tuple(chain), merged
+            merged[key] = copy.deepcopy(value)  # its own: `files` may serve other presets
+    return tuple(chain), merged
 
 
-def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
-    """Preset `name`, resolved along its `extends` chain."""
-    files, chain, overrides = _resolve([name], presets_dir)
+def load_preset(name: str, presets_dir: Path = PRESETS_DIR,
+                files: Optional[Dict[str, dict]] = None) -> Preset:
+    """Preset `name`, resolved along its `extends` chain. `files`: the files already read
+    (see _resolve); pass one dict to every call that resolves the same folder."""
+    files = {} if files is None else files
+    chain, overrides = _resolve([name], presets_dir, files)
     own = files[name]
     return Preset(name=name, description=own["description"], seeds=own["seeds"], chain=chain,
                   overrides=overrides)
