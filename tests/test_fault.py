@@ -97,20 +97,25 @@ def fit_killing_one_worker(ray_session, params, shards):
 def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(ray_session, shards, tmp_path):
     # The reference run also takes the URI route of train.storage_path (file:// here,
     # s3:// or gs:// on a cluster): Ray Train and our cleanup both resolve it via pyarrow.
+    # under a cosine lr: each epoch sets its own lr, so the resumed epochs take the
+    # uninterrupted run's lr, not the one the checkpointed optimizer carried
     lines = []
-    reference = fit(params(f"file://{tmp_path / 'ref'}", 0), shards, log=lines.append)
+    reference = fit(params(f"file://{tmp_path / 'ref'}", 0, lr_schedule="cosine"), shards, log=lines.append)
     # no GPU here: train.use_gpu=auto falls back to gloo with exactly one notice
     assert len([ln for ln in lines if "training on CPU (gloo)" in ln]) == 1
     assert reference["run_dir"].startswith(f"file://{tmp_path / 'ref'}/")
     assert checkpoints(tmp_path / "ref")
     assert delete_tree(reference["run_dir"]) == "" and not checkpoints(tmp_path / "ref")
 
-    state, first, victim = fit_killing_one_worker(ray_session, params(tmp_path / "killed", 1), shards)
+    state, first, victim = fit_killing_one_worker(ray_session, params(tmp_path / "killed", 1, lr_schedule="cosine"),
+                                                  shards)
     assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
     history, ref_history = state["history"], reference["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     # Epoch 1 came from the checkpoint, wall-clock seconds included: resumed, not restarted.
     assert state["timings"][0] == json.loads(first["timings"])[0]
+    lrs = [t["lr"] for t in state["timings"]]
+    assert lrs == [t["lr"] for t in reference["timings"]] and lrs == sorted(lrs, reverse=True) and lrs[0] > lrs[-1]
     # Same seed: the per-(epoch, rank) reseeding makes the resumed run repeat the
     # uninterrupted one; measured identical here, asserted to 1e-6 relative.
     for row, ref in zip(history, ref_history):

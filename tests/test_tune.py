@@ -84,6 +84,19 @@ def test_tiny_sweep_over_the_three_params_writes_table_best_params_and_plots(
     assert "ended, best" in out and "Trial status" not in out  # our lines, not Tune's tables
 
 
+def test_a_trial_anneals_its_lr_over_its_budget_under_train_lr_schedule(ray_session, tiny_shards, tmp_path):
+    """Same seed, lr 3e-3 in epoch 1 either way: the cosine trial matches the constant one
+    in epoch 1 and departs from it once its lr falls (epoch 2 of 3: 3e-3 x 3/4)."""
+    from pipeline.sweep.run import run_sweep
+
+    params = sweep_params(tmp_path, {"train.lr_schedule": {"grid": ["constant", "cosine"]}}, epochs=3,
+                          scheduler="fifo")
+    trials = {t["config"]["train.lr_schedule"]: t for t in run_sweep(params, tiny_shards, log=lambda s: None)}
+    const, cos = (trials[k]["history"] for k in ("constant", "cosine"))
+    assert len(const) == len(cos) == 3 and const[0]["loss"] == cos[0]["loss"]
+    assert all(c["loss"] != k["loss"] for c, k in zip(const[1:], cos[1:]))
+
+
 def test_asha_stops_a_clearly_worse_trial_after_the_grace_period(ray_session, tiny_shards, tmp_path):
     from pipeline.sweep.report import results_rows
     from pipeline.sweep.run import run_sweep

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Union
+from typing import ClassVar, Dict, Optional, Union
 
 from pipeline.core.errors import check, positive_int
 from pipeline.core.schema import param
@@ -17,6 +17,7 @@ RUNTIME_KEYS = ("storage_path", "max_failures", "tensorboard")
 # Adam's update noise matched (Malladi et al. 2022, "On the SDEs and scaling rules for
 # adaptive gradient algorithms"); linear scaling is SGD's (Goyal et al. 2017).
 LR_SCALING = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
+LR_SCHEDULES = ("constant", "cosine")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
@@ -32,6 +33,10 @@ class TrainConfig:
     lr_scaling: str = param("sqrt", "the lr of a larger global batch (batch_scope: worker): "
                                     "sqrt: lr x sqrt(num_workers), the rule for Adam | linear: lr x "
                                     "num_workers, the rule for SGD | none: lr as given")
+    lr_schedule: str = param("constant", "constant: lr every epoch | cosine: lr x (1 + cos(pi e / "
+                                         "epochs)) / 2 in epoch e (from 0), annealed towards 0 "
+                                         "(Loshchilov & Hutter 2017); a sweep trial anneals over "
+                                         "tune.epochs", added=True)
     seed: int = param(0, "seeds the weights, batch order and noise")
     num_workers: int = param(1, "Ray Train workers (DDP ranks); 1 is fastest on 2 cores")
     use_gpu: Union[bool, str] = param("auto", "true | false | auto (a GPU per worker when Ray has them)")
@@ -84,6 +89,8 @@ class TrainConfig:
               f"use a multiple of train.num_workers={self.num_workers} (it is the global batch), "
               f"or set train.batch_scope: worker")
         check(math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "use a number > 0")
+        check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule,
+              f"use one of {', '.join(LR_SCHEDULES)}")
         check(self.use_gpu in (True, False, "auto"), "use_gpu", self.use_gpu, "use true, false or auto")
         check(self.max_failures >= -1, "max_failures", self.max_failures,
               "use -1 (retry forever), 0 or a positive integer")
@@ -121,3 +128,16 @@ class TrainConfig:
         """The Adam lr of the global batch: lr x (global_batch / batch_size)^p, p from
         lr_scaling (1 whenever batch_scope is global: the global batch is batch_size)."""
         return self.lr * (self.global_batch / self.batch_size) ** LR_SCALING[self.lr_scaling]
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The Adam lr of epoch `epoch` (from 0) of a run: scaled_lr x lr_factor."""
+        return self.scaled_lr * self.lr_factor(epoch)
+
+    def lr_factor(self, epoch: int, epochs: Optional[int] = None) -> float:
+        """lr_schedule's multiplier in epoch `epoch` (from 0) of `epochs` (default: these
+        epochs; a sweep trial's is its budget): 1 when constant; under cosine
+        (1 + cos(pi epoch / epochs)) / 2, 1 at epoch 0, 1/2 half way and
+        (1 - cos(pi / epochs)) / 2 > 0 in the last epoch."""
+        if self.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * epoch / (epochs or self.epochs)))

@@ -29,7 +29,7 @@ from pipeline.evaluation.metrics import cluster_scores, mutual_information, prep
 from pipeline.models.registry import build_model, side_input, side_key
 from pipeline.params import Params, params_from_dict
 from pipeline.training.loop import (NonFiniteLossError, compiled, load_state, make_optimizer,
-                                    save_state, set_deterministic, train_epoch)
+                                    save_state, set_deterministic, set_lr, train_epoch)
 
 DIVERGED = "diverged"  # the key of a trial's last row when its loss went non-finite
 
@@ -128,6 +128,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         try:
             scale = model.batch_scale(epoch)  # > 1: a phase on larger batches (expert_batch_scale)
             b, n = tcfg.batch_size * scale, steps // scale  # this epoch's batch and steps
+            if tcfg.lr_schedule != "constant":  # annealed over the trial's budget, as a run's
+                set_lr(opt, tcfg.lr * tcfg.lr_factor(epoch, setup.epochs))
             parts = train_epoch(step, model, opt, pixels, b, n, epoch, tcfg.seed, 0, device, side=side)
         except NonFiniteLossError as e:
             # Not transient: a retry from the last checkpoint (tune.max_failures) would

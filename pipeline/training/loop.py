@@ -198,6 +198,12 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group's lr (train.lr_schedule's value for the coming epoch)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def save_state(directory: str, model: GenerativeModel, opt: torch.optim.Optimizer, epoch: int,
                **extra) -> None:
     """The checkpoint both the train stage and every sweep trial write after an epoch."""

@@ -35,7 +35,7 @@ from pipeline.params import params_from_dict
 from pipeline.training.loop import (STATE_FILE, best_epoch, compiled, component_snapshot,
                                     describe_environment, describe_hardware, held_out_nll, kept_state,
                                     load_state, make_optimizer, out_of_patience, save_state,
-                                    set_deterministic, train_epoch)
+                                    set_deterministic, set_lr, train_epoch)
 from pipeline.training.restarts import cluster_information, select
 
 
@@ -186,12 +186,14 @@ def _train(config: dict) -> None:
     def train(run: Run, epoch: int, label: str = "") -> None:
         scale = run.raw.batch_scale(epoch)  # > 1: a phase on larger batches (expert_batch_scale)
         b, n = batch * scale, steps // scale  # this epoch's worker batch and steps
+        if tcfg.lr_schedule != "constant":  # set every epoch, so a resumed run gets it too
+            set_lr(run.opt, tcfg.epoch_lr(epoch))
         t0 = time.perf_counter()
         parts = train_epoch(run.model, run.raw, run.opt, pixels, b, n, epoch, run.seed, rank, device,
                             world, side)
         seconds = time.perf_counter() - t0
         timing = {"epoch": epoch + 1, "seconds": seconds, "global_batch": b * world,
-                  "images_per_s": n * b * world / seconds}
+                  "images_per_s": n * b * world / seconds, "lr": run.opt.param_groups[0]["lr"]}
         if tcfg.holdout:  # every rank scores all of them, so every rank sees the same score
             if "x" not in held:  # prepared once, by the seed every run shares (evaluate.seed)
                 held["x"] = prepare_test(run.raw, held_rows, params.evaluate.seed).to(device)
